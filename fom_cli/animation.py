@@ -1,0 +1,169 @@
+"""Animation: keypoint motion transfer and the Animator that renders driving frames in batches.
+
+Relative motion (the paper's default): the driving video's keypoint motion since its first frame (or
+the chosen start frame) is applied to the source's keypoints, so the source keeps its own shape and only
+borrows the motion. Absolute motion uses the driving keypoints as they are (the reconstruction protocol:
+source and driving are the same object). Adapt-scale multiplies relative displacements by the ratio of
+the two keypoint clouds' sizes (square roots of their convex-hull areas).
+"""
+
+import numpy as np
+import torch
+
+from fom_cli.checkpoint import infer_config, load_state, read_checkpoint
+from fom_cli.config import frame_size
+from fom_cli.errors import BadCheckpoint
+from fom_cli.models import build_generator, build_keypoint_detector
+
+
+def convex_hull_area(points):
+    """Area of the convex hull of (M, 2) points (Andrew's monotone chain, float64). 0 for degenerate sets."""
+    points = np.unique(np.asarray(points, dtype=np.float64), axis=0)
+    if len(points) < 3:
+        return 0.0
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    def half_hull(sorted_points):
+        hull = []
+        for p in sorted_points:
+            while len(hull) >= 2 and cross(hull[-2], hull[-1], p) <= 0:
+                hull.pop()
+            hull.append(p)
+        return hull[:-1]
+
+    ordered = points[np.lexsort((points[:, 1], points[:, 0]))]
+    hull = np.array(half_hull(ordered) + half_hull(ordered[::-1]))
+    x, y = hull[:, 0], hull[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def movement_scale(kp_source, kp_driving_initial):
+    """sqrt(source hull area) / sqrt(driving hull area): how much bigger the source's keypoint cloud is."""
+    source_area = convex_hull_area(kp_source["value"][0].detach().cpu().numpy())
+    driving_area = convex_hull_area(kp_driving_initial["value"][0].detach().cpu().numpy())
+    if driving_area == 0:
+        return 1.0
+    return float(np.sqrt(source_area) / np.sqrt(driving_area))
+
+
+def relative_motion(kp_source, kp_driving, kp_driving_initial, scale=1.0, use_relative_jacobian=True):
+    """Source keypoints moved by the driving motion since the initial driving frame.
+
+    kp_driving may hold a batch of frames; kp_source and kp_driving_initial have batch 1. For models
+    without jacobians (zero-order), only the values move.
+    """
+    value = (kp_driving["value"] - kp_driving_initial["value"]) * scale + kp_source["value"]
+    moved = {"value": value}
+    if "jacobian" in kp_driving:
+        if use_relative_jacobian:
+            change = torch.matmul(kp_driving["jacobian"], torch.inverse(kp_driving_initial["jacobian"]))
+            moved["jacobian"] = torch.matmul(change, kp_source["jacobian"])
+        else:
+            moved["jacobian"] = kp_driving["jacobian"]
+    return moved
+
+
+def normalized_shape(points):
+    """Centre a point cloud and divide by the square root of its hull area: comparable across sizes."""
+    points = np.asarray(points, dtype=np.float64)
+    points = points - points.mean(axis=0, keepdims=True)
+    area = convex_hull_area(points)
+    return points / np.sqrt(area) if area > 0 else points
+
+
+def pose_distance(a, b):
+    """How far apart two poses are, after normalising position and scale (the original's criterion)."""
+    return float(((normalized_shape(a) - normalized_shape(b)) ** 2).sum())
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from fom_cli.errors import FomError
+        raise FomError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def load_model(checkpoint_path, config=None, align_corners=None, device="cpu"):
+    """(config, keypoint detector, generator, note) from a checkpoint, in eval mode on `device`.
+
+    config None: the checkpoint's own config, or the bundled one whose tensor shapes match.
+    """
+    checkpoint = read_checkpoint(checkpoint_path)
+    note = None
+    if config is None:
+        config, note = infer_config(checkpoint, checkpoint_path)
+    kp_detector = build_keypoint_detector(config["model_params"])
+    generator = build_generator(config["model_params"], align_corners=align_corners)
+    load_state(kp_detector, checkpoint["kp_detector"], "kp_detector", checkpoint_path)
+    load_state(generator, checkpoint["generator"], "generator", checkpoint_path)
+    if generator.dense_motion_network is None:
+        raise BadCheckpoint(f"{checkpoint_path}: a generator without a dense motion network cannot animate")
+    kp_detector.to(device).eval()
+    generator.to(device).eval()
+    return config, kp_detector, generator, note
+
+
+def to_tensor(frames, device):
+    """(N, H, W, 3) or (H, W, 3) float32 [0, 1] numpy -> (N, 3, H, W) tensor."""
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim == 3:
+        frames = frames[None]
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).to(device)
+
+
+class Animator:
+    """Animates one source image with batches of driving frames.
+
+    Everything that depends on the source alone (its keypoints, encoder features) is computed once in
+    `__init__`; each call to `animate` runs the keypoint detector on the driving batch, the dense motion
+    network and the generator's decoder.
+    """
+
+    def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True):
+        self.kp_detector = kp_detector
+        self.generator = generator
+        self.mode = mode
+        self.adapt_scale = adapt_scale
+        self.device = next(generator.parameters()).device
+        with torch.inference_mode():
+            self.source = to_tensor(source, self.device)
+            self.kp_source = kp_detector(self.source)
+            self.source_features = generator.encode(self.source)
+        self.kp_driving_initial = None
+        self.scale = 1.0
+
+    def keypoints(self, frames):
+        with torch.inference_mode():
+            return self.kp_detector(to_tensor(frames, self.device))
+
+    def set_initial_frame(self, frame):
+        """The driving frame whose pose corresponds to the source's: motion is measured from it."""
+        self.kp_driving_initial = self.keypoints(frame)
+        if self.mode == "relative" and self.adapt_scale:
+            self.scale = movement_scale(self.kp_source, self.kp_driving_initial)
+
+    def driving_keypoints(self, kp_driving):
+        if self.mode == "absolute":
+            return kp_driving
+        return relative_motion(self.kp_source, kp_driving, self.kp_driving_initial, self.scale)
+
+    def animate(self, frames):
+        """(N, H, W, 3) float32 driving frames -> (N, H, W, 3) float32 predictions in [0, 1]."""
+        if self.mode == "relative" and self.kp_driving_initial is None:
+            self.set_initial_frame(frames[0])
+        with torch.inference_mode():
+            kp_driving = self.kp_detector(to_tensor(frames, self.device))
+            kp_moved = self.driving_keypoints(kp_driving)
+            motion = self.generator.dense_motion_network(self.source, kp_driving=kp_moved, kp_source=self.kp_source)
+            prediction = self.generator.decode(self.generator.animate_features(self.source_features, motion))
+        self.last_keypoints = {"source": self.kp_source["value"][0].cpu().numpy(),
+                               "driving": kp_driving["value"].cpu().numpy(),
+                               "moved": kp_moved["value"].cpu().numpy()}
+        return prediction.permute(0, 2, 3, 1).cpu().numpy()
+
+

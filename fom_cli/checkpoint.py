@@ -1,0 +1,168 @@
+"""Checkpoints: the original FOMM files and ours, read safely, written atomically.
+
+Original files (vox-cpk.pth.tar, ...) are dicts of state dicts: generator, kp_detector, optionally
+discriminator, optimiser states and the epoch. They come in torch's zip format or the legacy format, and
+some were saved from DataParallel with a "module." prefix on every key.
+
+Ours are the same dict (the original key names, so the original code can read them too) plus
+`config` (the YAML dict that built the networks) and `fom` (a small metadata dict). Every load uses
+weights_only=True: a checkpoint is data and must never run code.
+"""
+
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from fom_cli import __version__
+from fom_cli.config import bundled_config_names, config_name, load_config, validate, without_private_keys
+from fom_cli.errors import BadCheckpoint, BadConfig, BadInput
+
+NETWORKS = ("generator", "kp_detector", "discriminator")
+
+
+def _strip_module_prefix(state_dict):
+    """DataParallel saves 'module.<key>'; the networks expect '<key>'."""
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        return {key[len("module."):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def read_checkpoint(path):
+    """The checkpoint's dict, with 'module.' prefixes stripped. Raises BadInput / BadCheckpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise BadInput(f"checkpoint {path} is a directory, not a file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise BadCheckpoint(f"{path} holds more than tensors (objects that would run code when loaded), "
+                                "so fom refuses to load it") from None
+        raise BadCheckpoint(f"{path} is not a torch checkpoint ({first_line})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BadCheckpoint(f"{path} is not a readable torch checkpoint ({reason})") from None
+
+    if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in ("generator", "kp_detector")):
+        raise BadCheckpoint(f"{path} is not a FOMM checkpoint: it has no 'generator' and 'kp_detector' weights")
+    for network in NETWORKS:
+        if network in checkpoint:
+            if not isinstance(checkpoint[network], dict):
+                raise BadCheckpoint(f"{path}: '{network}' is not a state dict")
+            checkpoint[network] = _strip_module_prefix(checkpoint[network])
+    return checkpoint
+
+
+def save_checkpoint(path, checkpoint):
+    """Write atomically: a crash or a kill mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def make_checkpoint(config, networks, **extra):
+    """Our format: the original keys plus the config and metadata. `networks`: name -> module."""
+    checkpoint = {name: module.state_dict() for name, module in networks.items()}
+    checkpoint.update(extra)
+    checkpoint["config"] = without_private_keys(config)
+    checkpoint["fom"] = {"version": __version__, "config_name": config_name(config),
+                         "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return checkpoint
+
+
+# --- which config built this checkpoint? ------------------------------------------------------------------
+
+def expected_shapes(config, networks=("generator", "kp_detector")):
+    """{network: {key: shape}} of the networks a config builds, computed without allocating weights."""
+    from fom_cli.models import build_discriminator, build_generator, build_keypoint_detector
+
+    builders = {"generator": build_generator, "kp_detector": build_keypoint_detector,
+                "discriminator": build_discriminator}
+    shapes = {}
+    with torch.device("meta"):
+        for network in networks:
+            module = builders[network](config["model_params"])
+            shapes[network] = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    return shapes
+
+
+def shape_mismatches(checkpoint, shapes):
+    """Descriptions of every tensor that is missing, extra or of another shape, in state-dict order."""
+    problems = []
+    for network, expected in shapes.items():
+        state = checkpoint.get(network, {})
+        for key, shape in expected.items():
+            if key not in state:
+                problems.append(f"{network}.{key} is missing from the checkpoint")
+            elif tuple(state[key].shape) != shape:
+                problems.append(f"{network}.{key} has shape {tuple(state[key].shape)} in the checkpoint "
+                                f"but {shape} in the config")
+        for key in state:
+            if key not in expected:
+                problems.append(f"{network}.{key} is in the checkpoint but not in the config")
+    return problems
+
+
+def infer_config(checkpoint, path="checkpoint"):
+    """The config that built `checkpoint`: its own (ours), or the bundled config whose tensor shapes match.
+
+    Returns (config, note) where note says how it was chosen.
+    """
+    if isinstance(checkpoint.get("config"), dict):
+        config = dict(checkpoint["config"])
+        try:
+            validate(config)
+        except BadConfig as error:
+            raise BadCheckpoint(f"{path} carries an invalid config: {error}") from None
+        config["_name"] = checkpoint.get("fom", {}).get("config_name", "checkpoint")
+        return config, f"using the config stored in {Path(path).name} ({config['_name']})"
+
+    # Several original configs build identical generator and keypoint detector (they differ in training
+    # settings only), so the discriminator, when present, breaks ties; otherwise the first in name order
+    # wins and animation is the same whichever is picked.
+    networks = ("generator", "kp_detector") + (("discriminator",) if "discriminator" in checkpoint else ())
+    matches, closest = [], None
+    for name in bundled_config_names():
+        config = load_config(name)
+        checked = networks if "discriminator_params" in config["model_params"] else networks[:2]
+        problems = shape_mismatches(checkpoint, expected_shapes(config, checked))
+        if not problems:
+            matches.append((len(checked), name, config))
+        elif closest is None or len(problems) < len(closest[0]):
+            closest = (problems, name)
+    if not matches:
+        problems, name = closest
+        raise BadCheckpoint(f"{path} matches none of the bundled configs (closest: {name}, where "
+                            f"{problems[0]}); pass the config that trained it with --config")
+    matches.sort(key=lambda match: -match[0])
+    _, name, config = matches[0]
+    others = [other for _, other, _ in matches[1:]]
+    also = f"; {', '.join(others)} build the same networks" if others else ""
+    return config, f"{Path(path).name} matches config {name}{also}"
+
+
+def load_state(module, state_dict, network, path):
+    """load_state_dict with the first problem as one clear line."""
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    problems = shape_mismatches({network: state_dict}, {network: expected})
+    if problems:
+        raise BadCheckpoint(f"{path} does not fit the config: {problems[0]}")
+    module.load_state_dict(state_dict)

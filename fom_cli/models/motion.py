@@ -1,0 +1,94 @@
+"""DenseMotionNetwork: sparse keypoint motion -> a dense flow field and an occlusion map.
+
+Each keypoint k defines a local affine motion near it, from driving-frame coordinates z to source
+coordinates: T_k(z) = kp_source_k + J_k (z - kp_driving_k), with J_k = J_source_k J_driving_k^-1 (the
+paper's first-order Taylor expansion). Together with the identity (for the background) that gives K + 1
+candidate flows. An hourglass looks at the source warped by each candidate and at the keypoint heatmaps,
+and predicts a per-pixel softmax mask that blends the candidates into one dense flow, plus an occlusion
+map telling the generator where the source has nothing to show.
+
+Everything runs at a reduced resolution (`scale_factor`, 1/4 for the released models).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, grid_sample, keypoint_heatmaps,
+                                   make_coordinate_grid)
+
+
+class DenseMotionNetwork(nn.Module):
+    def __init__(self, block_expansion, num_blocks, max_features, num_kp, num_channels,
+                 estimate_occlusion_map=False, scale_factor=1, kp_variance=0.01, align_corners=True):
+        super().__init__()
+        self.hourglass = Hourglass(block_expansion=block_expansion, in_features=(num_kp + 1) * (num_channels + 1),
+                                   max_features=max_features, num_blocks=num_blocks)
+        self.mask = nn.Conv2d(self.hourglass.out_filters, num_kp + 1, kernel_size=(7, 7), padding=(3, 3))
+        if estimate_occlusion_map:
+            self.occlusion = nn.Conv2d(self.hourglass.out_filters, 1, kernel_size=(7, 7), padding=(3, 3))
+        else:
+            self.occlusion = None
+
+        self.num_kp = num_kp
+        self.scale_factor = scale_factor
+        self.kp_variance = kp_variance
+        self.align_corners = align_corners
+        if scale_factor != 1:
+            self.down = AntiAliasInterpolation2d(num_channels, scale_factor)
+
+    def downsample(self, image):
+        return self.down(image) if self.scale_factor != 1 else image
+
+    def heatmap_difference(self, height, width, kp_driving, kp_source):
+        """(N, K + 1, 1, h, w): driving minus source Gaussian heatmaps, with a zero map for the background."""
+        heatmap = (keypoint_heatmaps(kp_driving["value"], height, width, self.kp_variance)
+                   - keypoint_heatmaps(kp_source["value"], height, width, self.kp_variance))
+        zeros = heatmap.new_zeros(heatmap.shape[0], 1, height, width)
+        return torch.cat([zeros, heatmap], dim=1).unsqueeze(2)
+
+    def sparse_motions(self, height, width, kp_driving, kp_source):
+        """(N, K + 1, h, w, 2): for each keypoint's affine motion (and the identity first), where each
+        driving-frame pixel comes from in the source."""
+        value_driving = kp_driving["value"]
+        n = value_driving.shape[0]
+        identity = make_coordinate_grid(height, width, value_driving.device, value_driving.dtype)
+        identity = identity.view(1, 1, height, width, 2)
+        offsets = identity - value_driving.view(n, self.num_kp, 1, 1, 2)
+        if "jacobian" in kp_driving:
+            jacobian = torch.matmul(kp_source["jacobian"], torch.inverse(kp_driving["jacobian"]))
+            offsets = torch.matmul(jacobian.view(-1, self.num_kp, 1, 1, 2, 2), offsets.unsqueeze(-1)).squeeze(-1)
+        driving_to_source = offsets + kp_source["value"].view(-1, self.num_kp, 1, 1, 2)
+        return torch.cat([identity.expand(n, 1, height, width, 2), driving_to_source], dim=1)
+
+    def warp_by_each_motion(self, small_source, sparse_motions):
+        """(N, K + 1, C, h, w): the downsampled source warped by every candidate motion."""
+        n, num_motions, h, w, _ = sparse_motions.shape
+        channels = small_source.shape[1]
+        source = small_source.unsqueeze(1).expand(n, num_motions, channels, h, w).reshape(n * num_motions, channels, h, w)
+        warped = grid_sample(source, sparse_motions.reshape(n * num_motions, h, w, 2), self.align_corners)
+        return warped.view(n, num_motions, channels, h, w)
+
+    def forward(self, source_image, kp_driving, kp_source):
+        """source_image (N or 1, C, H, W); keypoint dicts with batch N (kp_source may have batch 1).
+
+        Returns {'sparse_deformed', 'mask', 'deformation' (N, h, w, 2), 'occlusion_map' (N, 1, h, w)}.
+        """
+        small_source = self.downsample(source_image)
+        n = kp_driving["value"].shape[0]
+        h, w = small_source.shape[2:]
+        small_source = small_source.expand(n, -1, h, w)
+
+        heatmaps = self.heatmap_difference(h, w, kp_driving, kp_source).expand(n, -1, 1, h, w)
+        motions = self.sparse_motions(h, w, kp_driving, kp_source)
+        sparse_deformed = self.warp_by_each_motion(small_source, motions)
+
+        prediction = self.hourglass(torch.cat([heatmaps, sparse_deformed], dim=2).view(n, -1, h, w))
+        mask = F.softmax(self.mask(prediction), dim=1)
+        # Blend the K + 1 candidate flows with the per-pixel mask.
+        deformation = (motions * mask.unsqueeze(-1)).sum(dim=1)
+
+        out = {"sparse_deformed": sparse_deformed, "mask": mask, "deformation": deformation}
+        if self.occlusion is not None:
+            out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction))
+        return out
