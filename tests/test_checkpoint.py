@@ -1,0 +1,125 @@
+"""Reading original and fom checkpoints, config inference, safety against code in pickles."""
+
+import pickle
+
+import pytest
+import torch
+
+from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG
+from fom_cli.animation import load_model
+from fom_cli.checkpoint import infer_config, make_checkpoint, read_checkpoint, save_checkpoint
+from fom_cli.config import load_config
+from fom_cli.errors import BadCheckpoint, BadInput
+from fom_cli.models import build_discriminator, build_generator, build_keypoint_detector
+
+
+def test_zip_and_legacy_formats_hold_the_same_weights():
+    modern, legacy = read_checkpoint(SMALL_CHECKPOINT), read_checkpoint(PARITY / "small-legacy.pth.tar")
+    assert modern["epoch"] == legacy["epoch"] == 3
+    for network in ("generator", "kp_detector", "discriminator"):
+        assert modern[network].keys() == legacy[network].keys()
+        for key in modern[network]:
+            assert torch.equal(modern[network][key], legacy[network][key]), key
+
+
+def test_module_prefix_from_data_parallel_is_stripped(tmp_path):
+    checkpoint = torch.load(SMALL_CHECKPOINT, weights_only=True)
+    for network in ("generator", "kp_detector"):
+        checkpoint[network] = {f"module.{key}": value for key, value in checkpoint[network].items()}
+    torch.save(checkpoint, tmp_path / "prefixed.pth.tar")
+    loaded = read_checkpoint(tmp_path / "prefixed.pth.tar")
+    assert "first.conv.weight" in loaded["generator"]
+    _, _, generator, _ = load_model(tmp_path / "prefixed.pth.tar", load_config(SMALL_CONFIG))
+    original = read_checkpoint(SMALL_CHECKPOINT)["generator"]
+    assert torch.equal(generator.state_dict()["final.weight"], original["final.weight"])
+
+
+def original_format_checkpoint(config_name, with_discriminator=False):
+    """A checkpoint dict shaped like a released one (values uninitialised: only shapes matter here)."""
+    model_params = load_config(config_name)["model_params"]
+    builders = [("generator", build_generator), ("kp_detector", build_keypoint_detector)]
+    if with_discriminator:
+        builders.append(("discriminator", build_discriminator))
+    checkpoint = {}
+    for name, build in builders:
+        with torch.device("meta"):
+            shapes = {key: (value.shape, value.dtype) for key, value in build(model_params).state_dict().items()}
+        checkpoint[name] = {key: torch.empty(shape, dtype=dtype) for key, (shape, dtype) in shapes.items()}
+    checkpoint["epoch"] = 99
+    return checkpoint
+
+
+def test_config_is_inferred_from_an_original_checkpoint_file(tmp_path):
+    torch.save(original_format_checkpoint("mgif-256"), tmp_path / "mgif-cpk.pth.tar")
+    config, note = infer_config(read_checkpoint(tmp_path / "mgif-cpk.pth.tar"), tmp_path / "mgif-cpk.pth.tar")
+    assert config["_name"] == "mgif-256"
+    assert config["model_params"]["kp_detector_params"]["single_jacobian_map"] is True
+    assert "mgif-256" in note
+
+
+def test_the_discriminator_breaks_ties_between_configs_with_identical_networks():
+    config, note = infer_config(original_format_checkpoint("vox-adv-256", with_discriminator=True))
+    # taichi-adv-256 builds the very same three networks; vox-256 (spectral norm, no keypoints) does not.
+    assert config["_name"] == "taichi-adv-256" and "vox-adv-256" in note and "vox-256," not in note
+    assert config["model_params"]["discriminator_params"]["use_kp"] is True
+    config, note = infer_config(original_format_checkpoint("vox-256"))
+    assert config["_name"] == "bair-256"  # first of the configs that build these networks
+    assert "vox-256" in note
+
+
+def test_a_checkpoint_matching_no_config_names_the_closest_and_the_tensor():
+    with pytest.raises(BadCheckpoint) as error:
+        infer_config(read_checkpoint(SMALL_CHECKPOINT), "small.pth.tar")
+    message = str(error.value)
+    assert "closest:" in message and "generator." in message and "--config" in message
+
+
+def test_a_checkpoint_that_does_not_fit_the_given_config_names_the_tensor():
+    with pytest.raises(BadCheckpoint, match=r"does not fit the config: (generator|kp_detector)\.[\w.]+ has shape"):
+        load_model(SMALL_CHECKPOINT, load_config("vox-256"))
+
+
+def test_our_format_round_trips_with_its_config(tmp_path):
+    config = load_config(SMALL_CONFIG)
+    _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, config)
+    path = tmp_path / "ours.pth"
+    save_checkpoint(path, make_checkpoint(config, {"generator": generator, "kp_detector": kp_detector}, epoch=1))
+    inferred, note = infer_config(read_checkpoint(path), path)
+    assert inferred["model_params"] == config["model_params"] and inferred["_name"] == "small"
+    assert "stored" in note
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
+
+
+class CreatesAFile:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_checkpoint_never_runs_code(tmp_path, legacy):
+    target = tmp_path / "pwned"
+    payload = {"generator": {}, "kp_detector": {}, "evil": CreatesAFile(target)}
+    path = tmp_path / "evil.pth.tar"
+    if legacy:
+        with open(path, "wb") as file:
+            pickle.dump(payload, file)
+    else:
+        torch.save(payload, path)
+    assert not target.exists()
+    with pytest.raises(BadCheckpoint):
+        read_checkpoint(path)
+    assert not target.exists()
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    with pytest.raises(BadInput):
+        read_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(BadCheckpoint, match="not"):
+        read_checkpoint(tmp_path / "text.pth")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(BadCheckpoint, match="generator"):
+        read_checkpoint(tmp_path / "other.pth")

@@ -1,0 +1,143 @@
+"""Numerical parity with the original FOMM code on the `small` fixture, in both grid_sample conventions.
+
+The reference arrays were computed by the original code on CPU float32; we require 1e-5 max abs
+difference (relative for the discriminator maps, whose magnitudes reach ~6).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL_CHECKPOINT, SMALL_CONFIG
+from fom_cli.animation import Animator, load_model, movement_scale, relative_motion
+from fom_cli.checkpoint import load_state, read_checkpoint
+from fom_cli.config import load_config
+from fom_cli.models import build_discriminator, build_generator, build_keypoint_detector
+
+TOLERANCE = 1e-5
+MODES = {"relative_adapt": ("relative", True), "relative": ("relative", False), "absolute": ("absolute", True)}
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["align_corners_false", "align_corners_true"])
+def model(request, reference):
+    align_corners = request.param
+    config, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), align_corners)
+    return align_corners, reference[align_corners], kp_detector, generator
+
+
+def nchw(image):
+    """The original demo's tensor construction: HWC numpy -> NCHW permuted view."""
+    return torch.tensor(np.asarray(image, dtype=np.float32)[None]).permute(0, 3, 1, 2)
+
+
+def fixture_kp(data, prefix, index=None):
+    value, jacobian = data[f"{prefix}_value"], data[f"{prefix}_jacobian"]
+    if index is not None:
+        value, jacobian = value[index], jacobian[index]
+    return {"value": torch.tensor(value)[None], "jacobian": torch.tensor(jacobian)[None]}
+
+
+def assert_close(ours, theirs, tolerance=TOLERANCE, what=""):
+    ours = ours.detach().cpu().numpy() if torch.is_tensor(ours) else np.asarray(ours)
+    assert ours.shape == theirs.shape, what
+    difference = np.abs(ours - theirs).max()
+    assert difference <= tolerance, f"{what}: max abs difference {difference:.3g} > {tolerance}"
+
+
+def test_keypoints_of_source_and_driving_frames(model):
+    _, data, kp_detector, _ = model
+    with torch.inference_mode():
+        source = kp_detector(nchw(data["source"]))
+        assert_close(source["value"][0], data["kp_source_value"], what="source value")
+        assert_close(source["jacobian"][0], data["kp_source_jacobian"], what="source jacobian")
+        # One batch of all 8 frames gives the same keypoints as 8 single-frame passes.
+        driving = kp_detector(torch.tensor(data["driving"]).permute(0, 3, 1, 2))
+    assert_close(driving["value"], data["kp_driving_value"], what="driving values")
+    assert_close(driving["jacobian"], data["kp_driving_jacobian"], what="driving jacobians")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_normalised_keypoints(model, mode):
+    _, data, _, _ = model
+    relative, adapt = MODES[mode]
+    kp_source = fixture_kp(data, "kp_source")
+    kp_initial = fixture_kp(data, "kp_driving", 0)
+    driving = {"value": torch.tensor(data["kp_driving_value"]), "jacobian": torch.tensor(data["kp_driving_jacobian"])}
+    if relative == "absolute":
+        moved = driving
+    else:
+        scale = movement_scale(kp_source, kp_initial) if adapt else 1.0
+        moved = relative_motion(kp_source, driving, kp_initial, scale)
+    assert_close(moved["value"], data[f"{mode}_kp_norm_value"], what="value")
+    assert_close(moved["jacobian"], data[f"{mode}_kp_norm_jacobian"], what="jacobian")
+
+
+def test_movement_scale_is_the_ratio_of_convex_hull_sizes(model):
+    _, data, _, _ = model
+    scale = movement_scale(fixture_kp(data, "kp_source"), fixture_kp(data, "kp_driving", 0))
+    assert abs(scale - float(data["relative_adapt_movement_scale"])) <= 1e-6
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_predictions_in_every_mode(model, mode):
+    _, data, kp_detector, generator = model
+    relative, adapt = MODES[mode]
+    animator = Animator(kp_detector, generator, data["source"], mode=relative, adapt_scale=adapt)
+    animator.set_initial_frame(data["driving"][0])
+    # Batches of 3, 3 and 2 frames: batching must not change the result.
+    predictions = np.concatenate([animator.animate(data["driving"][i:i + 3]) for i in range(0, 8, 3)])
+    assert_close(predictions, data[f"{mode}_prediction"], what=f"{mode} predictions")
+
+
+def test_generator_intermediates_on_frame_3(model):
+    _, data, _, generator = model
+    kp_source = fixture_kp(data, "kp_source")
+    kp_moved = fixture_kp(data, "relative_kp_norm", 3)
+    with torch.inference_mode():
+        out = generator(nchw(data["source"]), kp_driving=kp_moved, kp_source=kp_source)
+    for name in ("mask", "occlusion_map", "deformation", "sparse_deformed", "prediction"):
+        assert_close(out[name], data[f"relative_f3_{name}"], what=name)
+    # The warped source image amplifies ulp-level differences of the flow by the image gradient
+    # (sharp edges, 64 px per unit): compare the warp itself on the original's flow.
+    deformed = generator.deform(nchw(data["source"]), torch.tensor(data["relative_f3_deformation"]))
+    assert_close(deformed, data["relative_f3_deformed"], what="deformed")
+    assert_close(out["deformed"], data["relative_f3_deformed"], tolerance=1e-4, what="deformed end to end")
+
+
+def test_discriminator_maps(model):
+    _, data, _, _ = model
+    model_params = load_config(SMALL_CONFIG)["model_params"]
+    discriminator = build_discriminator(model_params)
+    load_state(discriminator, read_checkpoint(SMALL_CHECKPOINT)["discriminator"], "discriminator", "small")
+    discriminator.eval()
+    with torch.inference_mode():
+        out = discriminator({"prediction_1": torch.tensor(data["disc_input_1"])}, kp=fixture_kp(data, "kp_source"))
+    for i, feature_map in enumerate(out["feature_maps_1"]):
+        np.testing.assert_allclose(feature_map.numpy(), data[f"disc_feature_map_1_{i}"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["prediction_map_1"].numpy(), data["disc_prediction_map_1"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["relative_adapt", "relative", "absolute"])
+def test_zero_order_models_animate_in_every_mode(mode):
+    """estimate_jacobian: false works everywhere (the original crashes in relative mode); relative motion
+    then moves keypoint values only."""
+    model_params = load_config(SMALL_CONFIG)["model_params"]
+    model_params["common_params"] = dict(model_params["common_params"], estimate_jacobian=False)
+    torch.manual_seed(0)
+    kp_detector, generator = build_keypoint_detector(model_params).eval(), build_generator(model_params).eval()
+    rng = np.random.default_rng(0)
+    source, driving = rng.random((128, 128, 3), dtype=np.float32), rng.random((3, 128, 128, 3), dtype=np.float32)
+    relative, adapt = MODES[mode]
+    animator = Animator(kp_detector, generator, source, mode=relative, adapt_scale=adapt)
+    animator.set_initial_frame(driving[0])
+    predictions = animator.animate(driving)
+
+    with torch.inference_mode():
+        kp_source, kp_driving = kp_detector(nchw(source)), kp_detector(torch.tensor(driving).permute(0, 3, 1, 2))
+        assert "jacobian" not in kp_driving
+        if relative == "relative":
+            scale = movement_scale(kp_source, {"value": kp_driving["value"][:1]}) if adapt else 1.0
+            kp_driving = {"value": (kp_driving["value"] - kp_driving["value"][:1]) * scale + kp_source["value"]}
+        expected = [generator(nchw(source), kp_driving={"value": kp_driving["value"][i:i + 1]}, kp_source=kp_source)
+                    ["prediction"][0].permute(1, 2, 0).numpy() for i in range(3)]
+    assert_close(predictions, np.stack(expected), what="zero-order predictions")
