@@ -14,6 +14,7 @@ from fom_cli.checkpoint import infer_config, load_state, read_checkpoint
 from fom_cli.config import frame_size
 from fom_cli.errors import BadCheckpoint
 from fom_cli.models import build_generator, build_keypoint_detector
+from fom_cli.models.inference import optimize_for_inference
 
 
 def convex_hull_area(points):
@@ -88,10 +89,11 @@ def pick_device(name="auto"):
     return device
 
 
-def load_model(checkpoint_path, config=None, align_corners=None, device="cpu"):
+def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", optimize=True):
     """(config, keypoint detector, generator, note) from a checkpoint, in eval mode on `device`.
 
     config None: the checkpoint's own config, or the bundled one whose tensor shapes match.
+    optimize: apply the exact inference rewrites (models/inference.py); False keeps the original blocks.
     """
     checkpoint = read_checkpoint(checkpoint_path)
     note = None
@@ -105,6 +107,8 @@ def load_model(checkpoint_path, config=None, align_corners=None, device="cpu"):
         raise BadCheckpoint(f"{checkpoint_path}: a generator without a dense motion network cannot animate")
     kp_detector.to(device).eval()
     generator.to(device).eval()
+    if optimize:
+        kp_detector, generator = optimize_for_inference(kp_detector), optimize_for_inference(generator)
     return config, kp_detector, generator, note
 
 
@@ -119,9 +123,9 @@ def to_tensor(frames, device):
 class Animator:
     """Animates one source image with batches of driving frames.
 
-    Everything that depends on the source alone (its keypoints, encoder features) is computed once in
-    `__init__`; each call to `animate` runs the keypoint detector on the driving batch, the dense motion
-    network and the generator's decoder.
+    Everything that depends on the source alone (its keypoints, encoder features, downsampled copy and
+    heatmaps) is computed once in `__init__`; each call to `animate` runs the keypoint detector on the
+    driving batch, the dense motion network and the generator's decoder.
     """
 
     def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True):
@@ -134,6 +138,7 @@ class Animator:
             self.source = to_tensor(source, self.device)
             self.kp_source = kp_detector(self.source)
             self.source_features = generator.encode(self.source)
+            self.source_for_motion = generator.dense_motion_network.prepare_source(self.source, self.kp_source)
         self.kp_driving_initial = None
         self.scale = 1.0
 
@@ -159,7 +164,7 @@ class Animator:
         with torch.inference_mode():
             kp_driving = self.kp_detector(to_tensor(frames, self.device))
             kp_moved = self.driving_keypoints(kp_driving)
-            motion = self.generator.dense_motion_network(self.source, kp_driving=kp_moved, kp_source=self.kp_source)
+            motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved)
             prediction = self.generator.decode(self.generator.animate_features(self.source_features, motion))
         self.last_keypoints = {"source": self.kp_source["value"][0].cpu().numpy(),
                                "driving": kp_driving["value"].cpu().numpy(),

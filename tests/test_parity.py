@@ -18,10 +18,14 @@ TOLERANCE = 1e-5
 MODES = {"relative_adapt": ("relative", True), "relative": ("relative", False), "absolute": ("absolute", True)}
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["align_corners_false", "align_corners_true"])
+@pytest.fixture(scope="module", params=[(False, False), (True, False), (False, True), (True, True)],
+                ids=["align_corners_false", "align_corners_true", "align_corners_false-optimized",
+                     "align_corners_true-optimized"])
 def model(request, reference):
-    align_corners = request.param
-    config, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), align_corners)
+    """The original blocks, and the same weights after the exact inference rewrites (models/inference.py)."""
+    align_corners, optimize = request.param
+    config, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), align_corners,
+                                                   optimize=optimize)
     return align_corners, reference[align_corners], kp_detector, generator
 
 

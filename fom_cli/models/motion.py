@@ -40,13 +40,6 @@ class DenseMotionNetwork(nn.Module):
     def downsample(self, image):
         return self.down(image) if self.scale_factor != 1 else image
 
-    def heatmap_difference(self, height, width, kp_driving, kp_source):
-        """(N, K + 1, 1, h, w): driving minus source Gaussian heatmaps, with a zero map for the background."""
-        heatmap = (keypoint_heatmaps(kp_driving["value"], height, width, self.kp_variance)
-                   - keypoint_heatmaps(kp_source["value"], height, width, self.kp_variance))
-        zeros = heatmap.new_zeros(heatmap.shape[0], 1, height, width)
-        return torch.cat([zeros, heatmap], dim=1).unsqueeze(2)
-
     def sparse_motions(self, height, width, kp_driving, kp_source):
         """(N, K + 1, h, w, 2): for each keypoint's affine motion (and the identity first), where each
         driving-frame pixel comes from in the source."""
@@ -69,18 +62,27 @@ class DenseMotionNetwork(nn.Module):
         warped = grid_sample(source, sparse_motions.reshape(n * num_motions, h, w, 2), self.align_corners)
         return warped.view(n, num_motions, channels, h, w)
 
-    def forward(self, source_image, kp_driving, kp_source):
-        """source_image (N or 1, C, H, W); keypoint dicts with batch N (kp_source may have batch 1).
+    def prepare_source(self, source_image, kp_source):
+        """What depends on the source alone: its downsampled copy and keypoint heatmaps. An animation
+        computes this once and reuses it for every driving frame."""
+        small_source = self.downsample(source_image)
+        h, w = small_source.shape[2:]
+        return {"image": small_source, "kp": kp_source,
+                "heatmaps": keypoint_heatmaps(kp_source["value"], h, w, self.kp_variance)}
+
+    def motion(self, source, kp_driving):
+        """source: prepare_source's dict (batch 1 or N); kp_driving: batch N.
 
         Returns {'sparse_deformed', 'mask', 'deformation' (N, h, w, 2), 'occlusion_map' (N, 1, h, w)}.
         """
-        small_source = self.downsample(source_image)
         n = kp_driving["value"].shape[0]
-        h, w = small_source.shape[2:]
-        small_source = small_source.expand(n, -1, h, w)
+        h, w = source["image"].shape[2:]
+        small_source = source["image"].expand(n, -1, h, w)
 
-        heatmaps = self.heatmap_difference(h, w, kp_driving, kp_source).expand(n, -1, 1, h, w)
-        motions = self.sparse_motions(h, w, kp_driving, kp_source)
+        # Driving minus source Gaussian heatmaps, with a zero map for the background: (N, K + 1, 1, h, w).
+        heatmaps = keypoint_heatmaps(kp_driving["value"], h, w, self.kp_variance) - source["heatmaps"]
+        heatmaps = torch.cat([heatmaps.new_zeros(n, 1, h, w), heatmaps], dim=1).unsqueeze(2)
+        motions = self.sparse_motions(h, w, kp_driving, source["kp"])
         sparse_deformed = self.warp_by_each_motion(small_source, motions)
 
         prediction = self.hourglass(torch.cat([heatmaps, sparse_deformed], dim=2).view(n, -1, h, w))
@@ -92,3 +94,7 @@ class DenseMotionNetwork(nn.Module):
         if self.occlusion is not None:
             out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction))
         return out
+
+    def forward(self, source_image, kp_driving, kp_source):
+        """The straightforward path: source image (N or 1, C, H, W), keypoints with batch N."""
+        return self.motion(self.prepare_source(source_image, kp_source), kp_driving)
