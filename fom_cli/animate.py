@@ -34,6 +34,11 @@ def configure_parser(parser):
     parser.add_argument("-o", "--output", required=True,
                         help="output file (.mp4 .mov .mkv .webm .gif) or directory (PNG frames 000000.png ...); "
                              "with several pairs, a directory for <source>__<driving>.mp4 files")
+    add_animation_options(parser)
+
+
+def add_animation_options(parser):
+    """The options shared by `fom animate` and `fom batch`."""
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", help="checkpoint file: an original FOMM one (vox-cpk.pth.tar, ...) or one "
                                             "fom trained (default: the bundled model)")
@@ -67,6 +72,9 @@ def configure_parser(parser):
     run.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     run.add_argument("--batch-size", type=int, default=None,
                      help="driving frames per forward pass (default: 4 on CPU, 16 on CUDA)")
+    run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="network precision (default fp32); bf16/fp16 autocast the convolutions on GPUs while "
+                          "keypoints and sampling grids stay fp32")
     run.add_argument("--quiet", action="store_true", help="no progress bar or notes")
 
 
@@ -208,7 +216,8 @@ def animate_pair(model, source_path, driving_path, output, args):
               f"model's {size[1]}x{size[0]} frame", file=sys.stderr)
     source = fit_frame(source_image, size, args.fit)
 
-    animator = Animator(kp_detector, generator, source, mode=args.mode, adapt_scale=args.adapt_scale)
+    animator = Animator(kp_detector, generator, source, mode=args.mode, adapt_scale=args.adapt_scale,
+                        precision=args.precision)
     batch_size = args.batch_size or (16 if animator.device.type == "cuda" else 4)
     start = 0
     if args.best_frame is not None:
@@ -245,12 +254,15 @@ def animate_pair(model, source_path, driving_path, output, args):
     return output
 
 
-def run(args):
-    jobs = plan_jobs(args)
+def check_options(args):
     if args.batch_size is not None and args.batch_size < 1:
         raise FomError("--batch-size must be at least 1")
     if args.fps is not None and args.fps <= 0:
         raise FomError("--fps must be positive")
+
+
+def load_requested_model(args):
+    """(config, keypoint detector, generator) for --checkpoint/--config/--align-corners/--device, loaded once."""
     device = pick_device(args.device)
     config = load_config(args.config) if args.config else None
     checkpoint = args.checkpoint or default_checkpoint()
@@ -258,8 +270,15 @@ def run(args):
     config, kp_detector, generator, note = load_model(checkpoint, config, align_corners, device)
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
+    return config, kp_detector, generator
+
+
+def run(args):
+    jobs = plan_jobs(args)
+    check_options(args)
+    model = load_requested_model(args)
     for source, driving, output in jobs:
-        animate_pair((config, kp_detector, generator), source, driving, output, args)
+        animate_pair(model, source, driving, output, args)
         if not args.quiet:
             print(f"wrote {output}", file=sys.stderr)
     return 0

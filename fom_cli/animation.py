@@ -7,6 +7,8 @@ source and driving are the same object). Adapt-scale multiplies relative displac
 the two keypoint clouds' sizes (square roots of their convex-hull areas).
 """
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -108,7 +110,8 @@ def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", o
     kp_detector.to(device).eval()
     generator.to(device).eval()
     if optimize:
-        kp_detector, generator = optimize_for_inference(kp_detector), optimize_for_inference(generator)
+        kp_detector = optimize_for_inference(kp_detector, inplace=True)
+        generator = optimize_for_inference(generator, inplace=True)
     return config, kp_detector, generator, note
 
 
@@ -128,23 +131,36 @@ class Animator:
     driving batch, the dense motion network and the generator's decoder.
     """
 
-    def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True):
+    PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True, precision="fp32"):
         self.kp_detector = kp_detector
         self.generator = generator
         self.mode = mode
         self.adapt_scale = adapt_scale
         self.device = next(generator.parameters()).device
-        with torch.inference_mode():
+        self.autocast_dtype = self.PRECISIONS[precision]
+        with torch.inference_mode(), self.autocast():
             self.source = to_tensor(source, self.device)
-            self.kp_source = kp_detector(self.source)
+            self.kp_source = self.detect(self.source)
             self.source_features = generator.encode(self.source)
             self.source_for_motion = generator.dense_motion_network.prepare_source(self.source, self.kp_source)
         self.kp_driving_initial = None
         self.scale = 1.0
 
+    def autocast(self):
+        """Reduced precision for the convolutions; keypoints, jacobian inverses and sampling grids stay
+        float32 (see detect and blocks.grid_sample)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def detect(self, images):
+        return {key: value.float() for key, value in self.kp_detector(images).items()}
+
     def keypoints(self, frames):
-        with torch.inference_mode():
-            return self.kp_detector(to_tensor(frames, self.device))
+        with torch.inference_mode(), self.autocast():
+            return self.detect(to_tensor(frames, self.device))
 
     def set_initial_frame(self, frame):
         """The driving frame whose pose corresponds to the source's: motion is measured from it."""
@@ -161,11 +177,12 @@ class Animator:
         """(N, H, W, 3) float32 driving frames -> (N, H, W, 3) float32 predictions in [0, 1]."""
         if self.mode == "relative" and self.kp_driving_initial is None:
             self.set_initial_frame(frames[0])
-        with torch.inference_mode():
-            kp_driving = self.kp_detector(to_tensor(frames, self.device))
+        with torch.inference_mode(), self.autocast():
+            kp_driving = self.detect(to_tensor(frames, self.device))
             kp_moved = self.driving_keypoints(kp_driving)
             motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved)
             prediction = self.generator.decode(self.generator.animate_features(self.source_features, motion))
+            prediction = prediction.float()
         self.last_keypoints = {"source": self.kp_source["value"][0].cpu().numpy(),
                                "driving": kp_driving["value"].cpu().numpy(),
                                "moved": kp_moved["value"].cpu().numpy()}

@@ -32,6 +32,15 @@ def _strip_module_prefix(state_dict):
     return state_dict
 
 
+def _load_weights_only(path):
+    """torch.load with weights_only=True. Zip-format files are memory-mapped, so the parts nobody reads
+    (optimiser states, the discriminator when animating) never take up memory; the legacy format
+    cannot be mapped and is read whole."""
+    if zipfile.is_zipfile(path):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path):
     """The checkpoint's dict, with 'module.' prefixes stripped. Raises BadInput / BadCheckpoint."""
     path = Path(path)
@@ -40,7 +49,7 @@ def read_checkpoint(path):
     if path.is_dir():
         raise BadInput(f"checkpoint {path} is a directory, not a file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = _load_weights_only(path)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
         if "weights_only" in str(error) or "Unsupported global" in str(error):

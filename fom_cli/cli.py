@@ -16,6 +16,9 @@ from fom_cli.errors import FomError
 # the parser is built, so `fom --help` stays fast enough.
 COMMANDS = {
     "animate": ("fom_cli.animate", "animate source images with the motion of driving videos"),
+    "bench": ("fom_cli.bench", "measure animation speed and memory (frames/s, GFLOP, peak RSS), JSON out"),
+    "batch": ("fom_cli.batch", "run many animation jobs from a CSV file with the model loaded once"),
+    "synth": ("fom_cli.training.synth", "render a procedural cartoon-face data set for tests, smoke training and the demo model"),
 }
 
 

@@ -114,9 +114,10 @@ def _rewrite(module):
         setattr(module, name, replacement)
 
 
-def optimize_for_inference(network, channels_last=True):
-    """An eval-mode copy of `network` with the exact rewrites above applied."""
-    network = copy.deepcopy(network).eval()
+def optimize_for_inference(network, channels_last=True, inplace=False):
+    """`network` in eval mode with the exact rewrites above applied: a copy, or the network itself when
+    `inplace` (saves holding two copies of the weights while loading)."""
+    network = (network if inplace else copy.deepcopy(network)).eval()
     with torch.no_grad():
         _rewrite(network)
     for parameter in network.parameters():

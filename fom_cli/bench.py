@@ -1,0 +1,243 @@
+"""Measure animation speed and memory: `fom bench animate`.
+
+Random weights (seeded) and synthetic frames, no file I/O. Reports, in one run, the frames/s of
+
+  (a) the straightforward path: per driving frame, the keypoint detector and the whole generator on the
+      source image, as the original demo does (everything about the source recomputed every frame);
+  (b) fom's pipeline: the source prepared once, the exact inference rewrites, frames in batches;
+
+their ratio, the max abs difference of their outputs, GFLOP per frame, the achieved share of this
+machine's 3x3-convolution throughput, and peak RSS. `--video PATH` times the whole `fom animate` path
+(decode, fit, animate, encode) on a real file instead. `--json` prints one JSON object.
+"""
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from fom_cli.animation import Animator, movement_scale, pick_device, relative_motion, to_tensor
+from fom_cli.config import frame_size, load_config
+from fom_cli.errors import FomError
+from fom_cli.models import build_generator, build_keypoint_detector
+from fom_cli.models.inference import optimize_for_inference
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def configure_parser(parser):
+    parser.add_argument("what", choices=["animate"], help="what to measure")
+    parser.add_argument("--config", default="vox-256", help="config name or YAML path (default vox-256)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--size", type=int, help="frame size in pixels (default: the config's)")
+    parser.add_argument("--frames", type=int, default=8, help="driving frames to time (default 8)")
+    parser.add_argument("--batch-size", type=int, help="fom pipeline batch (default 4 on CPU, 16 on CUDA)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                        help="autocast precision of the networks in fom's pipeline (default fp32)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the pipeline's networks")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the straightforward path")
+    parser.add_argument("--video", help="time the whole `fom animate` path on this driving video instead")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (with --video)")
+
+
+def randomize_(network, generator):
+    """Perturb weights and BatchNorm statistics so that no rewrite can hide behind identity BN."""
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=generator))
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+                module.weight.add_(0.05 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.add_(0.05 * torch.randn(module.bias.shape, generator=generator))
+    return network
+
+
+def random_networks(config, seed):
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    kp_detector = randomize_(build_keypoint_detector(config["model_params"]), generator).eval()
+    image_generator = randomize_(build_generator(config["model_params"]), generator).eval()
+    return kp_detector, image_generator
+
+
+def synthetic_frames(count, size, seed):
+    """Smooth random images (low-frequency noise upsampled), float32 (count, H, W, 3) in [0, 1]."""
+    rng = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 8, 8, generator=rng)
+    frames = F.interpolate(coarse, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+    return frames.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def straightforward_animation(kp_detector, generator, source, driving, device):
+    """The original demo's loop (relative motion, adapt-scale): one frame at a time, the source
+    re-encoded by every generator call."""
+    outputs = []
+    with torch.no_grad():
+        source = torch.tensor(source[None]).permute(0, 3, 1, 2).contiguous().to(device)
+        kp_source = kp_detector(source)
+        kp_initial = kp_detector(torch.tensor(driving[:1]).permute(0, 3, 1, 2).contiguous().to(device))
+        scale = movement_scale(kp_source, kp_initial)
+        for frame in driving:
+            frame = torch.tensor(frame[None]).permute(0, 3, 1, 2).contiguous().to(device)
+            kp_driving = relative_motion(kp_source, kp_detector(frame), kp_initial, scale)
+            outputs.append(generator(source, kp_driving=kp_driving, kp_source=kp_source)["prediction"])
+    return torch.cat(outputs).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def pipeline_animation(animator, driving, batch_size):
+    animator.set_initial_frame(driving[0])
+    return np.concatenate([animator.animate(driving[i:i + batch_size]) for i in range(0, len(driving), batch_size)])
+
+
+def timed(function, device):
+    synchronize(device)
+    start = time.perf_counter()
+    result = function()
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def gflop_per_frame(kp_detector, generator, source, frame, device):
+    """FLOPs of one driving frame through the keypoint detector and the generator (2 per multiply-add)."""
+    counter = FlopCounterMode(display=False)
+    source_tensor, frame_tensor = to_tensor(source, device), to_tensor(frame, device)
+    with torch.no_grad(), counter:
+        kp_source = kp_detector(source_tensor)
+        kp_driving = kp_detector(frame_tensor)
+        generator(source_tensor, kp_driving=kp_driving, kp_source=kp_source)
+    total = counter.get_total_flops()
+    with torch.no_grad(), FlopCounterMode(display=False) as source_only:
+        kp_detector(source_tensor)
+    return (total - source_only.get_total_flops()) / 1e9
+
+
+def pipeline_gflop_per_frame(animator, frame):
+    with FlopCounterMode(display=False) as counter:
+        animator.animate(frame[None])
+    return counter.get_total_flops() / 1e9
+
+
+def conv_throughput_gflops(device, repeats=5):
+    """This machine's sustained rate on a 3x3 convolution in channels_last (GFLOP/s): the roofline."""
+    x = torch.rand(4, 256, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
+    weight = torch.rand(256, 256, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    flop = 2 * 4 * 256 * 256 * 9 * 64 * 64
+    with torch.no_grad():
+        F.conv2d(x, weight, padding=1)
+        times = []
+        for _ in range(repeats):
+            _, seconds = timed(lambda: F.conv2d(x, weight, padding=1), device)
+            times.append(seconds)
+    return flop / np.median(times) / 1e9
+
+
+def bench_pipeline(args, config, device):
+    size = (args.size, args.size) if args.size else frame_size(config)
+    batch_size = args.batch_size or (16 if device.type == "cuda" else 4)
+    kp_detector, generator = random_networks(config, args.seed)
+    kp_detector, generator = kp_detector.to(device), generator.to(device)
+    frames = synthetic_frames(args.frames + 1, size, args.seed)
+    source, driving = frames[0], frames[1:]
+    report = {"config": config["_name"], "device": str(device), "size": list(size), "frames": args.frames,
+              "batch_size": batch_size, "precision": args.precision, "compile": args.compile,
+              "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        report["device_name"] = torch.cuda.get_device_name(device)
+
+    fast_kp, fast_generator = optimize_for_inference(kp_detector), optimize_for_inference(generator)
+    if args.compile:
+        fast_kp, fast_generator = compiled(fast_kp), compiled(fast_generator)
+    animator = Animator(fast_kp, fast_generator, source, precision=args.precision)
+    pipeline_animation(animator, driving[:batch_size], batch_size)  # warm-up
+    fast, fast_seconds = timed(lambda: pipeline_animation(animator, driving, batch_size), device)
+    report["pipeline_fps"] = args.frames / fast_seconds
+    report["pipeline_gflop_per_frame"] = pipeline_gflop_per_frame(animator, driving[0]) if not args.compile else None
+
+    if not args.no_baseline:
+        straightforward_animation(kp_detector, generator, source, driving[:1], device)  # warm-up
+        slow, slow_seconds = timed(lambda: straightforward_animation(kp_detector, generator, source, driving, device),
+                                   device)
+        report["straightforward_fps"] = args.frames / slow_seconds
+        report["speedup"] = report["pipeline_fps"] / report["straightforward_fps"]
+        report["max_abs_difference"] = float(np.abs(fast - slow).max())
+        report["gflop_per_frame"] = gflop_per_frame(kp_detector, generator, source, driving[0], device)
+
+    report["conv_gflops_per_s"] = conv_throughput_gflops(device)
+    if report["pipeline_gflop_per_frame"]:
+        achieved = report["pipeline_gflop_per_frame"] * report["pipeline_fps"]
+        report["pipeline_gflops_per_s"] = achieved
+        report["share_of_conv_throughput"] = achieved / report["conv_gflops_per_s"]
+    report["peak_rss_mib"] = peak_rss_mib()
+    if device.type == "cuda":
+        report["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return report
+
+
+def compiled(network):
+    try:
+        return torch.compile(network)
+    except Exception as error:  # noqa: BLE001 - any failure means "run uncompiled"
+        warnings.warn(f"torch.compile failed ({error}); running uncompiled")
+        return network
+
+
+def bench_video(args, config, device):
+    """The whole `fom animate` path on a real driving video, with random weights."""
+    from fom_cli.animate import animate_pair
+
+    kp_detector, generator = random_networks(config, args.seed)
+    kp_detector = optimize_for_inference(kp_detector.to(device))
+    generator = optimize_for_inference(generator.to(device))
+    size = frame_size(config)
+    source = synthetic_frames(1, size, args.seed)[0]
+    with tempfile.TemporaryDirectory() as folder:
+        source_path = Path(folder) / "source.png"
+        import imageio.v3 as iio
+        iio.imwrite(source_path, (source * 255).round().astype(np.uint8))
+        options = argparse.Namespace(mode="relative", adapt_scale=True, best_frame=None, find_best_frame=False,
+                                     fit="crop", fps=None, no_audio=False, side_by_side=False, quiet=args.quiet,
+                                     batch_size=args.batch_size, precision=args.precision)
+        output = Path(folder) / "out.mp4"
+        start = time.perf_counter()
+        animate_pair((config, kp_detector, generator), source_path, Path(args.video), output, options)
+        seconds = time.perf_counter() - start
+        from fom_cli.media import probe
+        frames = probe(output).num_frames
+    return {"config": config["_name"], "device": str(device), "video": args.video, "frames": frames,
+            "seconds": seconds, "fps": frames / seconds, "peak_rss_mib": peak_rss_mib()}
+
+
+def run(args):
+    if args.frames < 1:
+        raise FomError("--frames must be at least 1")
+    device = pick_device(args.device)
+    config = load_config(args.config)
+    if args.precision != "fp32" and device.type == "cpu" and args.precision == "fp16":
+        raise FomError("--precision fp16 needs a CUDA device; use bf16 on CPU")
+    report = bench_video(args, config, device) if args.video else bench_pipeline(args, config, device)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:28s} {value:.4g}" if isinstance(value, float) else f"{key:28s} {value}")
+    return 0

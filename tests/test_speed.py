@@ -1,0 +1,79 @@
+"""The fast pipeline computes what the straightforward path computes; memory stays flat while streaming.
+Speed itself is measured by `fom bench`, never asserted here."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, make_clip, run_cli
+from fom_cli.animation import Animator
+from fom_cli.bench import pipeline_animation, random_networks, straightforward_animation, synthetic_frames
+from fom_cli.config import load_config
+from fom_cli.models.inference import optimize_for_inference
+
+
+def test_rewrites_are_exact_on_vox_256_shapes_with_random_weights():
+    config = load_config("vox-256")
+    kp_detector, generator = random_networks(config, seed=1)
+    frames = synthetic_frames(4, (256, 256), seed=1)
+    source, driving = frames[0], frames[1:]
+    expected = straightforward_animation(kp_detector, generator, source, driving, device=kp_detector.kp.weight.device)
+    animator = Animator(optimize_for_inference(kp_detector), optimize_for_inference(generator), source)
+    ours = pipeline_animation(animator, driving, batch_size=2)
+    assert ours.shape == expected.shape == (3, 256, 256, 3)
+    assert np.abs(ours - expected).max() <= 1e-4
+    assert np.abs(expected[2] - expected[0]).max() > 1e-3  # the frames really differ
+
+
+def test_bench_reports_speedup_difference_flops_and_memory(capsys):
+    code, out, err = run_cli(["bench", "animate", "--config", SMALL_CONFIG, "--frames", "4", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["max_abs_difference"] <= 1e-4
+    assert report["pipeline_fps"] > 0 and report["straightforward_fps"] > 0 and report["speedup"] > 0
+    # Source-side work and the sub-pixel up blocks are gone from the per-frame cost.
+    assert report["pipeline_gflop_per_frame"] < report["gflop_per_frame"]
+    assert report["peak_rss_mib"] > 0 and 0 < report["share_of_conv_throughput"]
+
+
+def rss_mib():
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * 4096 / 2 ** 20
+
+
+def peak_rss_during(function):
+    """Run `function` while sampling this process's resident memory; return the highest sample."""
+    samples, done = [rss_mib()], threading.Event()
+
+    def sample():
+        while not done.wait(0.005):
+            samples.append(rss_mib())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        function()
+    finally:
+        done.set()
+        sampler.join()
+    return max(samples)
+
+
+def test_memory_does_not_grow_with_the_video_length(tmp_path):
+    import imageio.v3 as iio
+
+    frames = np.stack([iio.imread(p) for p in sorted((PARITY / "small-driving").glob("*.png"))])
+    short = make_clip(tmp_path / "short.mp4", np.concatenate([frames] * 8)[:60], fps=25, tone=False)
+    long = make_clip(tmp_path / "long.mp4", np.concatenate([frames] * 75), fps=25, tone=False)  # 600 frames
+    model = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--quiet"]
+
+    def animate(driving, output):
+        assert run_cli(["animate", PARITY / "small-source.png", driving, "-o", output, *model]) == 0
+
+    animate(short, tmp_path / "warm-up.mp4")  # allocator and thread pools settle
+    peak_short = peak_rss_during(lambda: animate(short, tmp_path / "short-out.mp4"))
+    peak_long = peak_rss_during(lambda: animate(long, tmp_path / "long-out.mp4"))
+    # Holding the 540 extra predictions would take 540 x 192 KiB = 100 MiB.
+    assert peak_long - peak_short < 25, (peak_short, peak_long)
