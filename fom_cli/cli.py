@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": ("fom_cli.bench", "measure animation speed and memory (frames/s, GFLOP, peak RSS), JSON out"),
     "batch": ("fom_cli.batch", "run many animation jobs from a CSV file with the model loaded once"),
     "synth": ("fom_cli.training.synth", "render a procedural cartoon-face data set for tests, smoke training and the demo model"),
+    "crop": ("fom_cli.crop", "find faces in photos and videos and write square, model-ready crops"),
 }
 
 

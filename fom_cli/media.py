@@ -174,7 +174,7 @@ def fit_frame(image, size, mode="crop") -> np.ndarray:
     height, width = image.shape[:2]
 
     if mode == "stretch":
-        return _resize(image, (target_height, target_width))
+        return resize(image, (target_height, target_width))
 
     if mode == "crop":
         # The largest box of the target's aspect ratio that fits in the picture, centred.
@@ -182,13 +182,13 @@ def fit_frame(image, size, mode="crop") -> np.ndarray:
         crop_height = min(height, round(width * target_height / target_width))
         top = (height - crop_height) // 2
         left = (width - crop_width) // 2
-        return _resize(image[top:top + crop_height, left:left + crop_width], (target_height, target_width))
+        return resize(image[top:top + crop_height, left:left + crop_width], (target_height, target_width))
 
     if mode == "pad":
         scale = min(target_height / height, target_width / width)
         fitted_height = min(target_height, max(1, round(height * scale)))
         fitted_width = min(target_width, max(1, round(width * scale)))
-        fitted = _resize(image, (fitted_height, fitted_width))
+        fitted = resize(image, (fitted_height, fitted_width))
         canvas = np.zeros((target_height, target_width) + fitted.shape[2:], dtype=np.float32)
         top = (target_height - fitted_height) // 2
         left = (target_width - fitted_width) // 2
@@ -198,8 +198,9 @@ def fit_frame(image, size, mode="crop") -> np.ndarray:
     raise ValueError(f"fit_frame mode must be 'crop', 'pad' or 'stretch', not {mode!r}")
 
 
-def _resize(image: np.ndarray, size) -> np.ndarray:
-    """Bilinear resize to (height, width), anti-aliased when shrinking, like the original demo."""
+def resize(image: np.ndarray, size) -> np.ndarray:
+    """Bilinear resize to (height, width), anti-aliased when shrinking, like the original demo; float32
+    HxWx3 in [0, 1]. The one resize of fom: model inputs, face crops and detector working copies."""
     if image.shape[:2] == tuple(size):
         return _as_float_image(image)
     shrinking = size[0] < image.shape[0] or size[1] < image.shape[1]

