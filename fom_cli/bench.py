@@ -206,8 +206,8 @@ def bench_video(args, config, device):
     from fom_cli.animate import animate_pair
 
     kp_detector, generator = random_networks(config, args.seed)
-    kp_detector = optimize_for_inference(kp_detector.to(device))
-    generator = optimize_for_inference(generator.to(device))
+    kp_detector = optimize_for_inference(kp_detector.to(device), inplace=True)  # as load_model does
+    generator = optimize_for_inference(generator.to(device), inplace=True)
     size = frame_size(config)
     source = synthetic_frames(1, size, args.seed)[0]
     with tempfile.TemporaryDirectory() as folder:
