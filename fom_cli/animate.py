@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from fom_cli.animation import Animator, load_model, pick_device, pose_distance
 from fom_cli.config import bundled_dir, frame_size, load_config
+from fom_cli.drawing import draw_keypoints
 from fom_cli.errors import BadInput, FomError
 from fom_cli.media import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader, VideoWriter, aspect_ratio_differs,
                            fit_frame, prefetch, read_image)
@@ -174,26 +175,6 @@ def landmark_model_if_cached(device):
 
 
 # --- the side-by-side visualisation --------------------------------------------------------------------
-
-def keypoint_colours(count):
-    """Distinct colours around the hue circle (like the original's gist_rainbow colormap)."""
-    hues = np.linspace(0, 0.85, count)
-    return np.stack([np.clip(np.abs(hues * 6 - 3) - 1, 0, 1), np.clip(2 - np.abs(hues * 6 - 2), 0, 1),
-                     np.clip(2 - np.abs(hues * 6 - 4), 0, 1)], axis=1)
-
-
-def draw_keypoints(image, keypoints, radius=None):
-    """image (H, W, 3) float; keypoints (K, 2) in [-1, 1], x then y."""
-    from skimage.draw import disk
-
-    image = image.copy()
-    h, w = image.shape[:2]
-    radius = radius or max(2, h // 64)
-    for (x, y), colour in zip(keypoints, keypoint_colours(len(keypoints))):
-        rows, cols = disk(((y + 1) / 2 * (h - 1), (x + 1) / 2 * (w - 1)), radius, shape=(h, w))
-        image[rows, cols] = colour
-    return image
-
 
 def side_by_side(source, driving, prediction, keypoints):
     return np.concatenate([draw_keypoints(source, keypoints["source"]),

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from fom_cli.checkpoint import infer_config, load_state, read_checkpoint
-from fom_cli.config import frame_size
 from fom_cli.errors import BadCheckpoint
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.models.inference import optimize_for_inference

@@ -14,7 +14,6 @@ machine's 3x3-convolution throughput, and peak RSS. `--video PATH` times the who
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 import warnings

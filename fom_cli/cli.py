@@ -20,6 +20,8 @@ COMMANDS = {
     "batch": ("fom_cli.batch", "run many animation jobs from a CSV file with the model loaded once"),
     "synth": ("fom_cli.training.synth", "render a procedural cartoon-face data set for tests, smoke training and the demo model"),
     "crop": ("fom_cli.crop", "find faces in photos and videos and write square, model-ready crops"),
+    "train": ("fom_cli.training.trainer", "train a model on videos (torchrun for several GPUs or machines)"),
+    "reconstruct": ("fom_cli.evaluation", "reconstruct test videos from their first frame and measure the error"),
 }
 
 

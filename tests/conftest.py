@@ -17,6 +17,16 @@ ORIGINAL_CONFIGS = ["vox-256", "vox-adv-256", "taichi-256", "taichi-adv-256", "b
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the training tests. Test machines are shared: two OpenMP threads on two cores,
+    one of them busy with something else, wait on each other ten times longer than one thread takes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def reference():
     """{align_corners: arrays from the original code}: small.npz is False, small-ac.npz is True."""

@@ -5,7 +5,6 @@ import json
 import threading
 
 import numpy as np
-import pytest
 
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, make_clip, run_cli
 from fom_cli.animation import Animator
