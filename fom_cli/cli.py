@@ -22,6 +22,7 @@ COMMANDS = {
     "crop": ("fom_cli.crop", "find faces in photos and videos and write square, model-ready crops"),
     "train": ("fom_cli.training.trainer", "train a model on videos (torchrun for several GPUs or machines)"),
     "reconstruct": ("fom_cli.evaluation", "reconstruct test videos from their first frame and measure the error"),
+    "evaluate-synth": ("fom_cli.synth_quality", "animation quality against ground truth on held-out synth identity pairs (JSON)"),
 }
 
 

@@ -22,13 +22,11 @@ examples:
 
 import json
 import os
-import secrets
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio.v3 as imageio
 import numpy as np
 from tqdm import tqdm
 
@@ -416,25 +414,11 @@ def crop_photo(input_path, output_dir, detector, args):
         if args.print_ffmpeg:
             print(ffmpeg_command(input_path, output_path, window, (frame_height, frame_width), args.size))
             continue
-        write_png(output_path, cut(image, window, args.size))
+        media.write_image(output_path, cut(image, window, args.size))
         report(args, {"input": str(input_path), "output": str(output_path), "box": list(window.box),
                       "face_box": [round(value, 1) for value in face.box], "first_frame": 0, "last_frame": 0,
                       "fps": None})
     return len(chosen)
-
-
-def write_png(path, image):
-    """Write a PNG atomically: into a hidden temporary file next to it, renamed when complete."""
-    temporary = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        imageio.imwrite(temporary, image, extension=".png")
-        os.replace(temporary, path)
-    except OSError as error:
-        raise BadOutput(f"could not write {path} ({error.strerror or error}); check the free disk space "
-                        f"and permissions") from None
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def crop_video(input_path, output_dir, detector, args):

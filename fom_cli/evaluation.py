@@ -59,7 +59,8 @@ def run(args):
                        fps=args.fps, quiet=args.quiet)
     if not args.quiet:
         akd = f", AKD {metrics['akd']:.3f} px" if metrics["akd"] is not None else f" (AKD {metrics['akd_note']})"
-        print(f"reconstructed {len(metrics['l1'])} videos: L1 {metrics['l1_mean']:.5f}{akd}; wrote {out_dir}")
+        print(f"reconstructed {len(metrics['l1'])} videos: L1 {metrics['l1_mean']:.5f} (copying the source: "
+              f"{metrics['copy_source_l1_mean']:.5f}){akd}; wrote {out_dir}")
     return 0
 
 
@@ -133,12 +134,13 @@ def evaluate(checkpoint, data_dir, out_dir, config=None, device="cpu", batch_siz
         raise BadOutput(f"cannot create {out_dir}: {error.strerror}") from None
     landmarks, akd_note = _landmark_model(device)
 
-    l1, akd_per_video = {}, {}
+    l1, copy_source_l1, akd_per_video = {}, {}, {}
     for index in tqdm(indices, desc="reconstruct", unit="video", file=sys.stderr, disable=quiet):
         item = dataset[index]
         name, video = item["name"], item["video"].transpose(1, 2, 3, 0)   # (3, T, H, W) -> (T, H, W, 3)
         predictions = reconstruct_video(kp_detector, generator, video, batch_size)
         l1[name] = l1_distance(predictions, video)
+        copy_source_l1[name] = l1_distance(np.broadcast_to(video[:1], video.shape), video)
         if landmarks is not None:
             distances = landmark_distances(landmarks, predictions, video)
             if distances:
@@ -152,7 +154,9 @@ def evaluate(checkpoint, data_dir, out_dir, config=None, device="cpu", batch_siz
 
     metrics = {"checkpoint": str(checkpoint), "data": str(data_dir), "protocol": "frame 0 is the source; every frame "
                "is reconstructed with its own keypoints (absolute motion)", "l1": l1,
-               "l1_mean": float(np.mean(list(l1.values())))}
+               "l1_mean": float(np.mean(list(l1.values()))),
+               # The do-nothing baseline: every frame predicted as the source frame.
+               "copy_source_l1": copy_source_l1, "copy_source_l1_mean": float(np.mean(list(copy_source_l1.values())))}
     if landmarks is not None and not akd_per_video:
         akd_note = "skipped: no face found by the landmark model in any reconstructed frame"
     metrics["akd"] = float(np.mean(list(akd_per_video.values()))) if akd_per_video else None

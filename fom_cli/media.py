@@ -25,6 +25,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
 import imageio.v3 as iio
@@ -161,6 +162,25 @@ def _to_uint8_rgb(pixels: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 # Fitting a picture to the model's size
 # ----------------------------------------------------------------------------------------------------
+
+def write_image(path, image):
+    """Write an image (uint8, or float in [0, 1]) atomically: into a hidden temporary file next to it,
+    renamed when complete. The format follows the extension (PNG for fom's outputs)."""
+    path = Path(path)
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    temporary = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        iio.imwrite(temporary, image, extension=path.suffix or ".png")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise BadOutput(f"could not write {path} ({error.strerror or error}); check the free disk space "
+                        f"and permissions") from None
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
 
 def fit_frame(image, size, mode="crop") -> np.ndarray:
     """Bring `image` (uint8 or float HxWx3) to `size` = (height, width); float32 HxWx3 in [0, 1].

@@ -69,6 +69,8 @@ def test_metrics_match_a_direct_computation(setup, tmp_path, monkeypatch, capsys
         video = item["video"].transpose(1, 2, 3, 0)
         expected, predictions = direct_l1(networks, video)
         assert abs(metrics["l1"][item["name"]] - expected) < 1e-6
+        baseline = np.abs(video.astype(np.float64) - video[:1]).mean()  # every frame predicted as frame 0
+        assert abs(metrics["copy_source_l1"][item["name"]] - baseline) < 1e-9
         strip = iio.imread(out / "png" / f"{item['name']}.png")
         assert strip.shape == (64, 8 * 64, 3)
         assert np.abs(strip.astype(float) - np.concatenate(list(predictions), axis=1) * 255).max() <= 1.0
