@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fom_cli.animation import Animator, load_model, pick_device, pose_distance
+from fom_cli.animation import Animator, default_batch_size, load_model, pick_device, pose_distance
 from fom_cli.config import bundled_dir, frame_size, load_config
 from fom_cli.drawing import draw_keypoints
 from fom_cli.errors import BadInput, FomError
@@ -72,7 +72,7 @@ def add_animation_options(parser):
     run = parser.add_argument_group("running")
     run.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     run.add_argument("--batch-size", type=int, default=None,
-                     help="driving frames per forward pass (default: 4 on CPU, 16 on CUDA)")
+                     help="driving frames per forward pass (default: 2 on CPU, 16 on CUDA)")
     run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                      help="network precision (default fp32); bf16/fp16 autocast the convolutions on GPUs while "
                           "keypoints and sampling grids stay fp32")
@@ -199,7 +199,7 @@ def animate_pair(model, source_path, driving_path, output, args):
 
     animator = Animator(kp_detector, generator, source, mode=args.mode, adapt_scale=args.adapt_scale,
                         precision=args.precision)
-    batch_size = args.batch_size or (16 if animator.device.type == "cuda" else 4)
+    batch_size = args.batch_size or default_batch_size(animator.device)
     start = 0
     if args.best_frame is not None:
         start = args.best_frame

@@ -90,6 +90,12 @@ def pick_device(name="auto"):
     return device
 
 
+def default_batch_size(device):
+    """Driving frames per forward pass: on a CPU larger batches are no faster (the convolutions already
+    keep the cores busy) and only cost memory; GPUs need them to fill up."""
+    return 16 if torch.device(device).type == "cuda" else 2
+
+
 def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", optimize=True):
     """(config, keypoint detector, generator, note) from a checkpoint, in eval mode on `device`.
 
@@ -100,14 +106,20 @@ def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", o
     note = None
     if config is None:
         config, note = infer_config(checkpoint, checkpoint_path)
-    kp_detector = build_keypoint_detector(config["model_params"])
-    generator = build_generator(config["model_params"], align_corners=align_corners)
+    # Built on the meta device and allocated uninitialised: no random initialisation that the checkpoint
+    # overwrites anyway. The checkpoint is memory-mapped; releasing it unmaps the file.
+    with torch.device("meta"):
+        kp_detector = build_keypoint_detector(config["model_params"])
+        generator = build_generator(config["model_params"], align_corners=align_corners)
+    kp_detector.to_empty(device=device)
+    generator.to_empty(device=device)
     load_state(kp_detector, checkpoint["kp_detector"], "kp_detector", checkpoint_path)
     load_state(generator, checkpoint["generator"], "generator", checkpoint_path)
+    del checkpoint
     if generator.dense_motion_network is None:
         raise BadCheckpoint(f"{checkpoint_path}: a generator without a dense motion network cannot animate")
-    kp_detector.to(device).eval()
-    generator.to(device).eval()
+    kp_detector.eval()
+    generator.eval()
     if optimize:
         kp_detector = optimize_for_inference(kp_detector, inplace=True)
         generator = optimize_for_inference(generator, inplace=True)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from fom_cli.animation import Animator, movement_scale, pick_device, relative_motion, to_tensor
+from fom_cli.animation import (Animator, default_batch_size, movement_scale, pick_device, relative_motion,
+                               to_tensor)
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import FomError
 from fom_cli.models import build_generator, build_keypoint_detector
@@ -39,7 +40,7 @@ def configure_parser(parser):
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--size", type=int, help="frame size in pixels (default: the config's)")
     parser.add_argument("--frames", type=int, default=8, help="driving frames to time (default 8)")
-    parser.add_argument("--batch-size", type=int, help="fom pipeline batch (default 4 on CPU, 16 on CUDA)")
+    parser.add_argument("--batch-size", type=int, help="fom pipeline batch (default 2 on CPU, 16 on CUDA)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                         help="autocast precision of the networks in fom's pipeline (default fp32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the pipeline's networks")
@@ -152,7 +153,7 @@ def conv_throughput_gflops(device, repeats=5):
 
 def bench_pipeline(args, config, device):
     size = (args.size, args.size) if args.size else frame_size(config)
-    batch_size = args.batch_size or (16 if device.type == "cuda" else 4)
+    batch_size = args.batch_size or default_batch_size(device)
     kp_detector, generator = random_networks(config, args.seed)
     kp_detector, generator = kp_detector.to(device), generator.to(device)
     frames = synthetic_frames(args.frames + 1, size, args.seed)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fom_cli.animation import Animator, load_model, pick_device
+from fom_cli.animation import Animator, default_batch_size, load_model, pick_device
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import BadOutput
 
@@ -42,7 +42,7 @@ def configure_parser(parser):
                         help=f"frame rate of the mp4 files (default {DEFAULT_FPS:g})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="frames per forward pass (default: 4 on CPU, 16 on CUDA)")
+                        help="frames per forward pass (default: 2 on CPU, 16 on CUDA)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -125,7 +125,7 @@ def evaluate(checkpoint, data_dir, out_dir, config=None, device="cpu", batch_siz
     height, width = frame_size(config)
     dataset = FramesDataset(data_dir, frame_shape=(height, width, 3), is_train=False)
     indices = range(len(dataset) if max_videos is None else min(max_videos, len(dataset)))
-    batch_size = batch_size or (16 if device.type == "cuda" else 4)
+    batch_size = batch_size or default_batch_size(device)
 
     out_dir = Path(out_dir)
     try:

@@ -7,7 +7,8 @@ returns copies whose blocks compute the same functions with less work:
   folded into that convolution's weights and bias (conv -> BN -> ReLU becomes conv -> ReLU).
 - Nearest-neighbour upsampling by 2 followed by a 3x3 convolution equals four 2x2 convolutions on the
   low-resolution input, one per output pixel phase, interleaved ("sub-pixel" convolution): 16 instead
-  of 36 multiply-adds per input channel and output pixel, 2.25x fewer FLOPs.
+  of 36 multiply-adds per input channel and output pixel, 2.25x fewer FLOPs (for all but the widest,
+  lowest-resolution up blocks, where it would cost more memory than it saves time).
 - Weights and activations use the channels_last memory layout, which CPU and GPU convolution kernels
   prefer.
 
@@ -26,13 +27,13 @@ from fom_cli.models.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2
 def folded_conv(conv, norm):
     """A copy of `conv` with the eval-mode BatchNorm `norm` that follows it folded in."""
     scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    # Built on the meta device: no throw-away random initialisation of a second set of weights.
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True, device="meta")
     bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
-    return fused.to(conv.weight.device)
+    fused.weight = nn.Parameter((conv.weight * scale.view(-1, 1, 1, 1)).detach(), requires_grad=False)
+    fused.bias = nn.Parameter(((bias - norm.running_mean) * scale + norm.bias).detach(), requires_grad=False)
+    return fused
 
 
 class ConvReLU(nn.Module):
@@ -46,6 +47,23 @@ class ConvReLU(nn.Module):
     def forward(self, x):
         out = F.relu(self.conv(x), inplace=True)
         return F.avg_pool2d(out, (2, 2)) if self.pool else out
+
+
+class UpsampleConvReLU(nn.Module):
+    """UpBlock2d with the BatchNorm folded, kept at full resolution (see SUBPIXEL_MAX_WEIGHTS)."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return F.relu(self.conv(F.interpolate(x, scale_factor=2, mode="nearest")), inplace=True)
+
+
+# The sub-pixel form stores 16/9 as many weights. The widest up blocks (1024 channels) sit at the deep,
+# 2x2 to 8x8 end of the hourglasses, where the FLOPs it would save are a fraction of a percent of a
+# frame's; there it is not worth the memory.
+SUBPIXEL_MAX_WEIGHTS = 2 ** 20
 
 
 class FoldedResBlock(nn.Module):
@@ -103,21 +121,27 @@ class SubpixelUpBlock(nn.Module):
         return out
 
 
-def _rewrite(module):
-    """Replace every foldable block below `module`, in place."""
+def _rewrite(module, memory_format):
+    """Replace every foldable block below `module`, in place, converting weights to `memory_format` one
+    block at a time (converting the whole network at the end would hold two copies of it at once)."""
     for name, child in module.named_children():
         if isinstance(child, DownBlock2d):
             replacement = ConvReLU(folded_conv(child.conv, child.norm), pool=True)
         elif isinstance(child, SameBlock2d):
             replacement = ConvReLU(folded_conv(child.conv, child.norm))
         elif isinstance(child, UpBlock2d):
-            replacement = SubpixelUpBlock(child)
+            if child.conv.weight.numel() <= SUBPIXEL_MAX_WEIGHTS:
+                replacement = SubpixelUpBlock(child)
+            else:
+                replacement = UpsampleConvReLU(folded_conv(child.conv, child.norm))
         elif isinstance(child, ResBlock2d):
             replacement = FoldedResBlock(child)
         else:
-            _rewrite(child)
+            _rewrite(child, memory_format)
+            if isinstance(child, nn.Conv2d):
+                child.to(memory_format=memory_format)
             continue
-        setattr(module, name, replacement)
+        setattr(module, name, replacement.to(memory_format=memory_format))
 
 
 def optimize_for_inference(network, channels_last=True, inplace=False):
@@ -125,9 +149,7 @@ def optimize_for_inference(network, channels_last=True, inplace=False):
     `inplace` (saves holding two copies of the weights while loading)."""
     network = (network if inplace else copy.deepcopy(network)).eval()
     with torch.no_grad():
-        _rewrite(network)
+        _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format)
     for parameter in network.parameters():
         parameter.requires_grad_(False)
-    if channels_last:
-        network = network.to(memory_format=torch.channels_last)
     return network
