@@ -10,7 +10,6 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import cv2
 import imageio.v3 as imageio
 import imageio_ffmpeg
 import matplotlib
@@ -19,7 +18,7 @@ import pytest
 from skimage import data
 
 from fom_cli import crop, faces, media
-from conftest import run_cli
+from conftest import SMALL_CHECKPOINT, SMALL_CONFIG, run_cli
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -74,7 +73,7 @@ def face_head(image, box, size):
     centre_x, centre_y = (left + right) / 2, (top + bottom) / 2
     top_left = (round(centre_x - side / 2), round(centre_y - side / 2))
     head = image[max(top_left[1], 0):top_left[1] + round(side), max(top_left[0], 0):top_left[0] + round(side)]
-    return cv2.resize(head, (size, size), interpolation=cv2.INTER_AREA)
+    return np.round(media.resize(head, (size, size)) * 255).astype(np.uint8)
 
 
 def read_frames(path):
@@ -481,3 +480,15 @@ def test_inputs_writing_the_same_names(media_dir, tmp_path, capsys):
     code, out, err = fom_crop(media_dir / "astronaut.png", media_dir / "astronaut.png", "-o", tmp_path / "crops",
                               "--json", capsys=capsys)
     assert code == 0 and len(out) == 1
+
+
+def test_crops_animate(media_dir, tmp_path, capsys):
+    """The end of the road: a cropped photo animated by a cropped real video (the fixture's small model)."""
+    code, out, err = fom_crop(media_dir / "astronaut.png", CARPHONE, "-o", tmp_path, "--size", "128", capsys=capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["animate", tmp_path / "astronaut_1.png", tmp_path / "carphone_pristine_1.mp4",
+                              "-o", tmp_path / "animated.mp4", "--checkpoint", SMALL_CHECKPOINT,
+                              "--config", SMALL_CONFIG, "--quiet"], capsys)
+    assert code == 0, err
+    animated, clip = media.probe(tmp_path / "animated.mp4"), media.probe(tmp_path / "carphone_pristine_1.mp4")
+    assert animated.size == (128, 128) and animated.num_frames == clip.num_frames >= 110

@@ -3,14 +3,19 @@
 import os
 from pathlib import Path
 
-import cv2
 import matplotlib
 import numpy as np
 import pytest
-from skimage import data
+from skimage import color, data
 
 from fom_cli import faces
+from fom_cli.media import resize
 from fom_cli.errors import BadInput
+
+
+def resized(image, size):
+    """uint8 copy of an image at (height, width)."""
+    return np.round(resize(image, size) * 255).astype(np.uint8)
 
 # Where the astronaut's face is in skimage.data.astronaut() (512x512), as a face detector boxes it.
 ASTRONAUT_FACE = (175, 66, 272, 170)
@@ -54,7 +59,7 @@ def test_dlib_finds_grace_hopper(dlib_detector):
 
 
 def test_dlib_accepts_float_and_gray_images(dlib_detector):
-    gray = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)
+    gray = (color.rgb2gray(data.astronaut()) * 255).round().astype(np.uint8)
     as_float = data.astronaut().astype(np.float32) / 255
     for image in (gray, as_float):
         found = dlib_detector.detect(image)
@@ -64,7 +69,7 @@ def test_dlib_accepts_float_and_gray_images(dlib_detector):
 def test_dlib_finds_a_40_pixel_face(dlib_detector):
     """Small frames are enlarged so that faces of ~40 px fill dlib's 80 px window."""
     scale = 0.42  # the astronaut's ~95 px face becomes ~40 px
-    small = cv2.resize(data.astronaut(), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    small = resized(data.astronaut(), (round(512 * scale), round(512 * scale)))
     found = dlib_detector.detect(small)
     assert found
     expected = tuple(value * scale for value in ASTRONAUT_FACE)
@@ -73,7 +78,7 @@ def test_dlib_finds_a_40_pixel_face(dlib_detector):
 
 def test_boxes_come_back_in_the_pixels_of_a_large_image(dlib_detector):
     """A 1536 px image is detected on a smaller working copy; the box is mapped back to the full size."""
-    large = cv2.resize(data.astronaut(), None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    large = resized(data.astronaut(), (3 * 512, 3 * 512))
     found = dlib_detector.detect(large)
     assert found
     expected = tuple(value * 3 for value in ASTRONAUT_FACE)
@@ -86,7 +91,7 @@ def test_no_face_in_a_photo_without_one(dlib_detector):
 
 
 def test_two_faces_are_found_and_ranked_by_size(dlib_detector):
-    small_astronaut = cv2.resize(data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    small_astronaut = resized(data.astronaut(), (256, 256))
     canvas = np.full((600, 800, 3), 128, dtype=np.uint8)
     canvas[:, 250:762] = grace_hopper()
     canvas[300:556, 0:256] = small_astronaut
@@ -221,7 +226,7 @@ def test_sfd_detector_runs_with_weights_of_the_right_shape(random_weights_torch_
     monkeypatch.setenv("TORCH_HOME", str(random_weights_torch_home))
     detector = faces.make_detector("auto", device="cpu")
     assert detector.name == "sfd"
-    image = cv2.resize(data.astronaut(), (96, 96), interpolation=cv2.INTER_AREA)
+    image = resized(data.astronaut(), (96, 96))
     found = detector.detect(image, max_side=48)  # a working copy of half the size
     assert isinstance(found, list)
     assert all(isinstance(face, faces.Face) and len(face.box) == 4 and np.isfinite(face.box).all() for face in found)
@@ -232,5 +237,5 @@ def test_landmark_model_runs_with_weights_of_the_right_shape(random_weights_torc
     monkeypatch.setenv("TORCH_HOME", str(random_weights_torch_home))
     model = faces.landmark_model(device="cpu")
     assert model is not None
-    points = model.landmarks(cv2.resize(data.astronaut(), (64, 64), interpolation=cv2.INTER_AREA))
+    points = model.landmarks(resized(data.astronaut(), (64, 64)))
     assert points is None or (points.shape == (68, 2) and points.dtype == np.float32)
