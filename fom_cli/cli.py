@@ -16,13 +16,13 @@ from fom_cli.errors import FomError
 # the parser is built, so `fom --help` stays fast enough.
 COMMANDS = {
     "animate": ("fom_cli.animate", "animate source images with the motion of driving videos"),
-    "bench": ("fom_cli.bench", "measure animation speed and memory (frames/s, GFLOP, peak RSS), JSON out"),
     "batch": ("fom_cli.batch", "run many animation jobs from a CSV file with the model loaded once"),
-    "synth": ("fom_cli.training.synth", "render a procedural cartoon-face data set for tests, smoke training and the demo model"),
     "crop": ("fom_cli.crop", "find faces in photos and videos and write square, model-ready crops"),
     "train": ("fom_cli.training.trainer", "train a model on videos (torchrun for several GPUs or machines)"),
     "reconstruct": ("fom_cli.evaluation", "reconstruct test videos from their first frame and measure the error"),
-    "evaluate-synth": ("fom_cli.synth_quality", "animation quality against ground truth on held-out synth identity pairs (JSON)"),
+    "evaluate-synth": ("fom_cli.synth_quality", "animation quality against ground truth on held-out synth pairs"),
+    "synth": ("fom_cli.training.synth", "render procedural cartoon-face videos (tests, smoke training, demo model)"),
+    "bench": ("fom_cli.bench", "measure animation speed and memory (frames/s, GFLOP, peak RSS), JSON out"),
 }
 
 
