@@ -20,8 +20,9 @@ from fom_cli.animation import Animator, default_batch_size, load_model, pick_dev
 from fom_cli.config import bundled_dir, frame_size, load_config
 from fom_cli.drawing import draw_keypoints
 from fom_cli.errors import BadInput, FomError
+from fom_cli.faces import landmark_model
 from fom_cli.media import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader, VideoWriter, aspect_ratio_differs,
-                           fit_frame, prefetch, read_image)
+                           fit_frame, prefetch, read_image, to_uint8)
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".gif")
 
@@ -141,7 +142,7 @@ def frame_at(reader, index, fit_size, fit):
 def find_best_frame(animator, reader, source, fit_size, fit, batch_size, quiet, landmarks=None):
     """Index of the driving frame whose pose is closest to the source's (position and size normalised)."""
     if landmarks is not None:
-        source_points = landmarks.landmarks(np.round(source * 255).astype(np.uint8))
+        source_points = landmarks.landmarks(to_uint8(source))
         if source_points is None:
             landmarks = None  # no face in the source: fall back to the model's keypoints
     if landmarks is None:
@@ -153,7 +154,7 @@ def find_best_frame(animator, reader, source, fit_size, fit, batch_size, quiet, 
               file=sys.stderr) as progress:
         for batch in batched(frames, batch_size):
             if landmarks is not None:
-                points = [landmarks.landmarks(np.round(frame * 255).astype(np.uint8)) for frame in batch]
+                points = [landmarks.landmarks(to_uint8(frame)) for frame in batch]
             else:
                 points = list(animator.keypoints(np.stack(batch))["value"].cpu().numpy())
             for frame_points in points:
@@ -164,14 +165,6 @@ def find_best_frame(animator, reader, source, fit_size, fit, batch_size, quiet, 
                 index += 1
             progress.update(len(batch))
     return best
-
-
-def landmark_model_if_cached(device):
-    try:
-        from fom_cli.faces import landmark_model
-    except ImportError:
-        return None
-    return landmark_model(device=str(device))
 
 
 # --- the side-by-side visualisation --------------------------------------------------------------------
@@ -207,7 +200,7 @@ def animate_pair(model, source_path, driving_path, output, args):
             raise BadInput(f"--best-frame {start} is outside {driving_path} "
                            f"(frames 0 to {(reader.num_frames or 1) - 1})")
     elif args.find_best_frame:
-        landmarks = landmark_model_if_cached(animator.device)
+        landmarks = landmark_model(device=str(animator.device))
         start = find_best_frame(animator, reader, source, size, args.fit, batch_size, args.quiet, landmarks)
         if not args.quiet:
             by = "face landmarks" if landmarks is not None else "the model's keypoints"

@@ -199,4 +199,8 @@ class Animator:
                                "moved": kp_moved["value"].cpu().numpy()}
         return prediction.permute(0, 2, 3, 1).cpu().numpy()
 
+    def animate_all(self, frames, batch_size):
+        """A whole in-memory clip, `batch_size` frames per forward pass (files stream through `animate`)."""
+        return np.concatenate([self.animate(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)])
+
 

@@ -29,6 +29,7 @@ from fom_cli.animation import (Animator, default_batch_size, movement_scale, pic
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import FomError
 from fom_cli.models import build_generator, build_keypoint_detector
+from fom_cli.media import to_uint8
 from fom_cli.models.inference import optimize_for_inference
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -106,7 +107,7 @@ def straightforward_animation(kp_detector, generator, source, driving, device):
 
 def pipeline_animation(animator, driving, batch_size):
     animator.set_initial_frame(driving[0])
-    return np.concatenate([animator.animate(driving[i:i + batch_size]) for i in range(0, len(driving), batch_size)])
+    return animator.animate_all(driving, batch_size)
 
 
 def timed(function, device):
@@ -213,7 +214,7 @@ def bench_video(args, config, device):
     with tempfile.TemporaryDirectory() as folder:
         source_path = Path(folder) / "source.png"
         import imageio.v3 as iio
-        iio.imwrite(source_path, (source * 255).round().astype(np.uint8))
+        iio.imwrite(source_path, to_uint8(source))
         options = argparse.Namespace(mode="relative", adapt_scale=True, best_frame=None, find_best_frame=False,
                                      fit="crop", fps=None, no_audio=False, side_by_side=False, quiet=args.quiet,
                                      batch_size=args.batch_size, precision=args.precision)

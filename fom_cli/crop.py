@@ -157,7 +157,7 @@ def cut(frame, window, size):
         square = np.zeros((window.side, window.side, 3), dtype=frame.dtype)
         square[max(-top, 0):max(-top, 0) + visible.shape[0], max(-left, 0):max(-left, 0) + visible.shape[1]] = visible
         visible = square
-    return np.round(media.resize(visible, (size, size)) * 255).astype(np.uint8)
+    return media.to_uint8(media.resize(visible, (size, size)))
 
 
 # --- tubes: one face followed through a video ------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch
 from fom_cli.animation import Animator, default_batch_size, load_model, pick_device
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import BadOutput
+from fom_cli.media import to_uint8
 
 DEFAULT_FPS = 25.0
 
@@ -69,16 +70,12 @@ def run(args):
 def reconstruct_video(kp_detector, generator, video, batch_size=4):
     """Frames (T, H, W, 3) float32 in [0, 1] -> their reconstructions from frame 0, same shape."""
     animator = Animator(kp_detector, generator, video[0], mode="absolute")
-    return np.concatenate([animator.animate(video[i:i + batch_size]) for i in range(0, len(video), batch_size)])
+    return animator.animate_all(video, batch_size)
 
 
 def l1_distance(predictions, video):
     """The paper's L1: mean absolute pixel difference, values in [0, 1]."""
     return float(np.abs(predictions.astype(np.float64) - video.astype(np.float64)).mean())
-
-
-def to_uint8(frames):
-    return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
 
 def landmark_distances(landmark_model, predictions, video):
@@ -93,10 +90,8 @@ def landmark_distances(landmark_model, predictions, video):
 
 def _landmark_model(device):
     """face-alignment's landmark model, or (None, why not)."""
-    try:
-        from fom_cli.faces import landmark_model
-    except ImportError as error:
-        return None, f"skipped: face-alignment cannot be imported ({error})"
+    from fom_cli.faces import landmark_model
+
     model = landmark_model(str(device))
     if model is None:
         return None, "skipped: face-alignment's landmark weights are not in the torch hub cache"

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fom_cli.errors import BadInput
-from fom_cli.media import resize
+from fom_cli.media import resize, to_uint8
 
 DETECTORS = ("dlib", "sfd", "auto")
 
@@ -108,7 +108,7 @@ def as_rgb_uint8(image):
     """Any image the rest of fom handles (uint8 or float in [0, 1]; gray, RGB or RGBA) as uint8 RGB."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        image = to_uint8(image)
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     return np.ascontiguousarray(image[..., :3])
@@ -124,7 +124,7 @@ def working_copy(image, max_side, max_upscale):
     if abs(scale - 1.0) < 1e-3:
         return image, 1.0
     new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return np.round(resize(image, new_size) * 255).astype(np.uint8), scale
+    return to_uint8(resize(image, new_size)), scale
 
 
 # --- detectors -------------------------------------------------------------------------------------------

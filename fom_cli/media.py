@@ -153,11 +153,19 @@ def _to_float_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=np.float32)
 
 
+def to_uint8(image) -> np.ndarray:
+    """Float pixels in [0, 1] (clipped) -> uint8, rounded; uint8 passes through. fom's one conversion."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
 def _to_uint8_rgb(pixels: np.ndarray) -> np.ndarray:
     """Pixels of any supported kind -> uint8 HxWx3 RGB, the frame format of this module."""
     if pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3:
         return pixels
-    return np.round(_to_float_rgb(pixels) * 255).astype(np.uint8)
+    return to_uint8(_to_float_rgb(pixels))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -168,9 +176,7 @@ def write_image(path, image):
     """Write an image (uint8, or float in [0, 1]) atomically: into a hidden temporary file next to it,
     renamed when complete. The format follows the extension (PNG for fom's outputs)."""
     path = Path(path)
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    image = to_uint8(image)
     temporary = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
         iio.imwrite(temporary, image, extension=path.suffix or ".png")
@@ -685,7 +691,7 @@ class VideoWriter:
             raise ValueError(f"a frame must be an HxWx3 RGB array, not shape {frame.shape}")
         if frame.dtype == np.uint8:
             return frame.copy()  # the caller may reuse its buffer while we are still encoding
-        return np.round(np.clip(frame, 0, 1) * 255).astype(np.uint8)
+        return to_uint8(frame)
 
     def _hand_to_encoder(self, item):
         while True:

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from fom_cli.animation import Animator, load_model, pick_device
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import FomError
-from fom_cli.evaluation import l1_distance, to_uint8
+from fom_cli.evaluation import l1_distance
+from fom_cli.media import to_uint8
 from fom_cli.training.synth import render_video, sample_identity, sample_motion
 
 # Training data sets come from `fom synth --seed K` with K small; the pairs here use their own stream
@@ -67,7 +68,7 @@ def evaluate_pairs(kp_detector, generator, config, pairs, num_frames, seed, adap
         driving, truth = driving.astype(np.float32) / 255, truth.astype(np.float32) / 255
         animator = Animator(kp_detector, generator, truth[0], mode="relative", adapt_scale=adapt_scale)
         animator.set_initial_frame(driving[0])
-        predictions = np.concatenate([animator.animate(driving[i:i + 8]) for i in range(0, num_frames, 8)])
+        predictions = animator.animate_all(driving, batch_size=8)
         per_pair.append({"l1": l1_distance(predictions, truth),
                          "copy_source_l1": l1_distance(np.broadcast_to(truth[:1], truth.shape), truth)})
         if index < 3:

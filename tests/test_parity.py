@@ -89,7 +89,7 @@ def test_predictions_in_every_mode(model, mode):
     animator = Animator(kp_detector, generator, data["source"], mode=relative, adapt_scale=adapt)
     animator.set_initial_frame(data["driving"][0])
     # Batches of 3, 3 and 2 frames: batching must not change the result.
-    predictions = np.concatenate([animator.animate(data["driving"][i:i + 3]) for i in range(0, 8, 3)])
+    predictions = animator.animate_all(data["driving"], batch_size=3)
     assert_close(predictions, data[f"{mode}_prediction"], what=f"{mode} predictions")
 
 

@@ -43,6 +43,7 @@ from fom_cli.checkpoint import (infer_config, load_state, make_checkpoint, read_
 from fom_cli.config import config_name, load_config, validate, without_private_keys
 from fom_cli.drawing import draw_keypoints
 from fom_cli.errors import BadCheckpoint, BadConfig, BadInput, BadOutput, FomError
+from fom_cli.media import to_uint8
 from fom_cli.models import build_discriminator, build_generator, build_keypoint_detector
 from fom_cli.training.data import DatasetRepeater, FramesDataset
 from fom_cli.training.losses import (DiscriminatorFullModel, GeneratorFullModel, RandomTransform, load_vgg19,
@@ -285,7 +286,7 @@ def visualisation(batch, generated, kp_size=5, max_rows=6):
         columns.append(images(occlusion.repeat(1, 3, 1, 1)))
     columns.append(images(generated["prediction"]))
     grid = np.concatenate([np.concatenate(column, axis=0) for column in columns], axis=1)
-    return (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
+    return to_uint8(grid)
 
 
 class RunLog:
