@@ -96,11 +96,12 @@ def default_batch_size(device):
     return 16 if torch.device(device).type == "cuda" else 2
 
 
-def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", optimize=True):
+def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", optimize=True, precision="fp32"):
     """(config, keypoint detector, generator, note) from a checkpoint, in eval mode on `device`.
 
     config None: the checkpoint's own config, or the bundled one whose tensor shapes match.
     optimize: apply the exact inference rewrites (models/inference.py); False keeps the original blocks.
+    precision: what the Animator will run in; CPU float32 gets oneDNN-prepacked weights.
     """
     checkpoint = read_checkpoint(checkpoint_path)
     note = None
@@ -121,8 +122,9 @@ def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", o
     kp_detector.eval()
     generator.eval()
     if optimize:
-        kp_detector = optimize_for_inference(kp_detector, inplace=True)
-        generator = optimize_for_inference(generator, inplace=True)
+        prepack = torch.device(device).type == "cpu" and precision == "fp32"
+        kp_detector = optimize_for_inference(kp_detector, inplace=True, prepack=prepack)
+        generator = optimize_for_inference(generator, inplace=True, prepack=prepack)
     return config, kp_detector, generator, note
 
 

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG
+from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, run_cli
 from fom_cli.animation import load_model
 from fom_cli.checkpoint import infer_config, make_checkpoint, read_checkpoint, save_checkpoint
 from fom_cli.config import load_config
@@ -29,7 +29,7 @@ def test_module_prefix_from_data_parallel_is_stripped(tmp_path):
     torch.save(checkpoint, tmp_path / "prefixed.pth.tar")
     loaded = read_checkpoint(tmp_path / "prefixed.pth.tar")
     assert "first.conv.weight" in loaded["generator"]
-    _, _, generator, _ = load_model(tmp_path / "prefixed.pth.tar", load_config(SMALL_CONFIG))
+    _, _, generator, _ = load_model(tmp_path / "prefixed.pth.tar", load_config(SMALL_CONFIG), optimize=False)
     original = read_checkpoint(SMALL_CHECKPOINT)["generator"]
     assert torch.equal(generator.state_dict()["final.weight"], original["final.weight"])
 
@@ -123,3 +123,27 @@ def test_files_that_are_not_checkpoints(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(BadCheckpoint, match="generator"):
         read_checkpoint(tmp_path / "other.pth")
+
+
+def test_export_keeps_only_what_animation_needs_and_animates_the_same(tmp_path, capsys):
+    slim = tmp_path / "small-slim.pth"
+    code, _, err = run_cli(["export", SMALL_CHECKPOINT, "-o", slim, "--config", SMALL_CONFIG], capsys)
+    assert code == 0, err
+    exported = read_checkpoint(slim)
+    assert set(exported) == {"generator", "kp_detector", "config", "fom", "epoch"}
+    assert slim.stat().st_size < 0.5 * SMALL_CHECKPOINT.stat().st_size   # no discriminator, no optimisers
+    original = read_checkpoint(SMALL_CHECKPOINT)
+    for network in ("generator", "kp_detector"):
+        assert exported[network].keys() == original[network].keys()
+        assert all(torch.equal(exported[network][key], original[network][key]) for key in original[network])
+    # The config travels inside: no --config needed any more.
+    config, _, _, note = load_model(slim)
+    assert "config stored in small-slim.pth" in note
+    assert config["model_params"] == load_config(SMALL_CONFIG)["model_params"]
+
+
+def test_export_to_a_missing_folder_is_one_error_line(tmp_path, capsys):
+    code, _, err = run_cli(["export", SMALL_CHECKPOINT, "-o", tmp_path / "no" / "such.pth", "--config", SMALL_CONFIG],
+                           capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not exist" in err
+    assert not (tmp_path / "no").exists()

@@ -5,25 +5,57 @@ import json
 import threading
 
 import numpy as np
+import pytest
+import torch
+from torch import nn
 
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, make_clip, run_cli
 from fom_cli.animation import Animator
 from fom_cli.bench import pipeline_animation, random_networks, straightforward_animation, synthetic_frames
 from fom_cli.config import load_config
-from fom_cli.models.inference import optimize_for_inference
+from fom_cli.models.inference import Conv, RowsConv, optimize_for_inference
 
 
-def test_rewrites_are_exact_on_vox_256_shapes_with_random_weights():
+@pytest.mark.parametrize("prepack", [False, True], ids=["rewrites", "rewrites-prepacked"])
+def test_rewrites_are_exact_on_vox_256_shapes_with_random_weights(prepack):
     config = load_config("vox-256")
     kp_detector, generator = random_networks(config, seed=1)
     frames = synthetic_frames(4, (256, 256), seed=1)
     source, driving = frames[0], frames[1:]
     expected = straightforward_animation(kp_detector, generator, source, driving, device=kp_detector.kp.weight.device)
-    animator = Animator(optimize_for_inference(kp_detector), optimize_for_inference(generator), source)
+    animator = Animator(optimize_for_inference(kp_detector, prepack=prepack),
+                        optimize_for_inference(generator, prepack=prepack), source)
     ours = pipeline_animation(animator, driving, batch_size=2)
     assert ours.shape == expected.shape == (3, 256, 256, 3)
     assert np.abs(ours - expected).max() <= 1e-4
     assert np.abs(expected[2] - expected[0]).max() > 1e-3  # the frames really differ
+
+
+def test_rows_convolution_and_prepacked_weights_compute_the_same_function():
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 20, 24).contiguous(memory_format=torch.channels_last)
+    for out_channels in (1, 3):
+        conv = nn.Conv2d(16, out_channels, kernel_size=7, padding=3)
+        rows = RowsConv(conv)
+        with torch.inference_mode():
+            expected = conv(x)
+            assert (rows(x) - expected).abs().max() < 1e-5
+            for module in rows.modules():
+                if isinstance(module, Conv):
+                    module.prepack()
+            assert (rows(x) - expected).abs().max() < 1e-5
+
+
+def test_prepacked_convolution_falls_back_under_autocast():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, kernel_size=3, padding=1)
+    plain, packed = Conv.like(conv, relu=True), Conv.like(conv, relu=True)
+    packed.prepack()
+    x = torch.randn(1, 8, 10, 10)
+    with torch.inference_mode():
+        assert (packed(x) - plain(x)).abs().max() < 1e-6         # oneDNN with the ReLU fused
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(packed(x), plain(x))               # the unpacked weights, in bfloat16
 
 
 def test_bench_reports_speedup_difference_flops_and_memory(capsys):

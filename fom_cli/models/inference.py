@@ -9,10 +9,18 @@ returns copies whose blocks compute the same functions with less work:
   low-resolution input, one per output pixel phase, interleaved ("sub-pixel" convolution): 16 instead
   of 36 multiply-adds per input channel and output pixel, 2.25x fewer FLOPs (for all but the widest,
   lowest-resolution up blocks, where it would cost more memory than it saves time).
+- A convolution with few output channels and a tall kernel (the generator's final 7x7 conv to RGB,
+  the occlusion map's) is computed as a 1 x k convolution to out x k channels, one per kernel row,
+  whose row-shifted maps are then summed (a grouped k x 1 convolution with one-hot weights): the same
+  multiply-adds, but CPU kernels waste most of their vector lanes on 1 to 4 output channels.
 - Weights and activations use the channels_last memory layout, which CPU and GPU convolution kernels
   prefer.
+- On CPU in float32 (`prepack=True`), every convolution's weights are reordered once into oneDNN's
+  blocked layout, instead of on every call, and the ReLU that follows runs inside the convolution.
+  This matters most for the hourglasses' deep levels: 1024 channels at 4x4 to 16x16 pixels, where the
+  per-call reorder of a 38 MB weight tensor cost more than the arithmetic.
 
-Results match the original blocks to float rounding (about 1e-6).
+Results match the original blocks to float rounding (about 1e-6; 1e-5 before the final sigmoid).
 """
 
 import copy
@@ -36,16 +44,86 @@ def folded_conv(conv, norm):
     return fused
 
 
+def _cpu_prepack_available():
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class Conv(nn.Module):
+    """A stride-1 convolution with an optional ReLU, for inference only.
+
+    After `prepack()` the weights live in oneDNN's blocked layout (an mkldnn tensor) and CPU float32
+    calls go straight to oneDNN with the ReLU fused; anything else (autocast, another dtype) unpacks
+    them per call, which is correct but slow, so prepack only for CPU float32 work.
+    """
+
+    def __init__(self, weight, bias, padding, relu=False, groups=1):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.padding = [int(p) for p in padding]
+        self.relu = relu
+        self.groups = groups
+        self.packed = None
+
+    @classmethod
+    def like(cls, conv, relu=False):
+        """From an nn.Conv2d (stride 1, no dilation, as every FOMM convolution is)."""
+        if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
+            raise ValueError("only stride-1, undilated, zero-padded convolutions are rewritten")
+        return cls(conv.weight, conv.bias, conv.padding, relu=relu, groups=conv.groups)
+
+    def prepack(self):
+        weight = self.weight.detach().contiguous().to_mkldnn()
+        self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight, self.padding, [1, 1], [1, 1], self.groups)
+        self.weight = None   # one copy of the weights in memory, not two
+
+    def forward(self, x):
+        if self.packed is not None:
+            if x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+                return torch.ops.mkldnn._convolution_pointwise(x, self.packed, self.bias, self.padding, [1, 1], [1, 1],
+                                                               self.groups, "relu" if self.relu else "none", [], "")
+            weight = self.packed.to_dense().to(x.device)
+        else:
+            weight = self.weight
+        out = F.conv2d(x, weight, self.bias, padding=self.padding, groups=self.groups)
+        return F.relu(out, inplace=True) if self.relu else out
+
+
+class RowsConv(nn.Module):
+    """A k x k convolution to few channels as a 1 x k convolution to (out x k) channels, one per kernel
+    row, then the sum of those maps shifted by their row offset (a grouped k x 1 convolution whose
+    weights pick one map per shift)."""
+
+    def __init__(self, conv):
+        super().__init__()
+        out_channels, in_channels, kernel_rows, kernel_columns = conv.weight.shape
+        pad_rows, pad_columns = conv.padding
+        # (out, in, row, column) -> (out * row, in, 1, column): output channel o * k + r is kernel row r.
+        row_weights = conv.weight.detach().permute(0, 2, 1, 3).reshape(out_channels * kernel_rows, in_channels, 1,
+                                                                        kernel_columns)
+        self.rows = Conv(row_weights, None, (0, pad_columns))
+        pick = torch.zeros(out_channels, kernel_rows, kernel_rows, 1)
+        pick[:, torch.arange(kernel_rows), torch.arange(kernel_rows), 0] = 1
+        self.shift_sum = Conv(pick, conv.bias, (pad_rows, 0), groups=out_channels)
+
+    def forward(self, x):
+        return self.shift_sum(self.rows(x))
+
+
+# Output channels up to which RowsConv beats a direct k x k convolution (CPU vector lanes hold 16).
+ROWS_CONV_MAX_CHANNELS = 4
+
+
 class ConvReLU(nn.Module):
     """SameBlock2d / DownBlock2d with the BatchNorm folded: conv -> ReLU [-> 2x2 average pooling]."""
 
     def __init__(self, conv, pool=False):
         super().__init__()
-        self.conv = conv
+        self.conv = Conv.like(conv, relu=True)
         self.pool = pool
 
     def forward(self, x):
-        out = F.relu(self.conv(x), inplace=True)
+        out = self.conv(x)
         return F.avg_pool2d(out, (2, 2)) if self.pool else out
 
 
@@ -54,10 +132,10 @@ class UpsampleConvReLU(nn.Module):
 
     def __init__(self, conv):
         super().__init__()
-        self.conv = conv
+        self.conv = Conv.like(conv, relu=True)
 
     def forward(self, x):
-        return F.relu(self.conv(F.interpolate(x, scale_factor=2, mode="nearest")), inplace=True)
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 # The sub-pixel form stores 16/9 as many weights. The widest up blocks (1024 channels) sit at the deep,
@@ -72,12 +150,11 @@ class FoldedResBlock(nn.Module):
     def __init__(self, block):
         super().__init__()
         self.norm1 = block.norm1
-        self.conv1 = folded_conv(block.conv1, block.norm2)
-        self.conv2 = block.conv2
+        self.conv1 = Conv.like(folded_conv(block.conv1, block.norm2), relu=True)
+        self.conv2 = Conv.like(block.conv2)
 
     def forward(self, x):
-        out = self.conv1(F.relu(self.norm1(x), inplace=True))
-        return self.conv2(F.relu(out, inplace=True)) + x
+        return self.conv2(self.conv1(F.relu(self.norm1(x), inplace=True))) + x
 
 
 class SubpixelUpBlock(nn.Module):
@@ -101,8 +178,7 @@ class SubpixelUpBlock(nn.Module):
             kernels.append(torch.stack([row_kernel[..., 0], row_kernel[..., 1] + row_kernel[..., 2]], dim=-1))
             kernels.append(torch.stack([row_kernel[..., 0] + row_kernel[..., 1], row_kernel[..., 2]], dim=-1))
         # Phases in the order (a, b) = (0, 0), (0, 1), (1, 0), (1, 1), stacked along output channels.
-        self.weight = nn.Parameter(torch.cat(kernels, dim=0).detach(), requires_grad=False)
-        self.bias = nn.Parameter(conv.bias.detach().repeat(4), requires_grad=False)
+        self.conv = Conv(torch.cat(kernels, dim=0), conv.bias.detach().repeat(4), (1, 1), relu=True)
         self.out_channels = conv.out_channels
 
     def forward(self, x):
@@ -110,7 +186,7 @@ class SubpixelUpBlock(nn.Module):
         c = self.out_channels
         # All four phases in one convolution; padding 1 gives an (h + 1) x (w + 1) map in which phase
         # (a, b) starts at row a, column b.
-        phases = F.relu(F.conv2d(x, self.weight, self.bias, padding=1), inplace=True)
+        phases = self.conv(x)
         out = torch.empty((n, c, 2 * h, 2 * w), dtype=phases.dtype, device=phases.device,
                           memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
                           else torch.contiguous_format)
@@ -136,20 +212,26 @@ def _rewrite(module, memory_format):
                 replacement = UpsampleConvReLU(folded_conv(child.conv, child.norm))
         elif isinstance(child, ResBlock2d):
             replacement = FoldedResBlock(child)
+        elif isinstance(child, nn.Conv2d):
+            few_outputs = child.out_channels <= ROWS_CONV_MAX_CHANNELS and child.kernel_size[0] > 1
+            replacement = RowsConv(child) if few_outputs else Conv.like(child)
         else:
             _rewrite(child, memory_format)
-            if isinstance(child, nn.Conv2d):
-                child.to(memory_format=memory_format)
             continue
         setattr(module, name, replacement.to(memory_format=memory_format))
 
 
-def optimize_for_inference(network, channels_last=True, inplace=False):
+def optimize_for_inference(network, channels_last=True, inplace=False, prepack=False):
     """`network` in eval mode with the exact rewrites above applied: a copy, or the network itself when
-    `inplace` (saves holding two copies of the weights while loading)."""
+    `inplace` (saves holding two copies of the weights while loading). `prepack`: also reorder the
+    convolution weights for oneDNN (for CPU float32 inference; ignored where oneDNN is missing)."""
     network = (network if inplace else copy.deepcopy(network)).eval()
     with torch.no_grad():
         _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format)
+        if prepack and _cpu_prepack_available() and all(p.device.type == "cpu" for p in network.parameters()):
+            for module in network.modules():
+                if isinstance(module, Conv):
+                    module.prepack()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     return network
