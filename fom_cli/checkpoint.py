@@ -80,6 +80,10 @@ def save_checkpoint(path, checkpoint):
             torch.save(checkpoint, file)
             file.flush()
             os.fsync(file.fileno())
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

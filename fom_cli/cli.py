@@ -22,6 +22,7 @@ COMMANDS = {
     "reconstruct": ("fom_cli.evaluation", "reconstruct test videos from their first frame and measure the error"),
     "evaluate-synth": ("fom_cli.synth_quality", "animation quality against ground truth on held-out synth pairs"),
     "synth": ("fom_cli.training.synth", "render procedural cartoon-face videos (tests, smoke training, demo model)"),
+    "export": ("fom_cli.export", "slim a training checkpoint to the generator, keypoint detector and config"),
     "bench": ("fom_cli.bench", "measure animation speed and memory (frames/s, GFLOP, peak RSS), JSON out"),
 }
 
