@@ -9,10 +9,10 @@ returns copies whose blocks compute the same functions with less work:
   low-resolution input, one per output pixel phase, interleaved ("sub-pixel" convolution): 16 instead
   of 36 multiply-adds per input channel and output pixel, 2.25x fewer FLOPs (for all but the widest,
   lowest-resolution up blocks, where it would cost more memory than it saves time).
-- A convolution with few output channels and a tall kernel (the generator's final 7x7 conv to RGB,
-  the occlusion map's) is computed as a 1 x k convolution to out x k channels, one per kernel row,
-  whose row-shifted maps are then summed (a grouped k x 1 convolution with one-hot weights): the same
-  multiply-adds, but CPU kernels waste most of their vector lanes on 1 to 4 output channels.
+- On CPU, a convolution with few output channels and a tall kernel (the generator's final 7x7 conv
+  to RGB, the occlusion map's) is computed as a 1 x k convolution to out x k channels, one per kernel
+  row, whose row-shifted maps are then summed (a grouped k x 1 convolution with one-hot weights): the
+  same multiply-adds, but CPU kernels waste most of their vector lanes on 1 to 4 output channels.
 - Weights and activations use the channels_last memory layout, which CPU and GPU convolution kernels
   prefer.
 - On CPU in float32 (`prepack=True`), every convolution's weights are reordered once into oneDNN's
@@ -197,7 +197,7 @@ class SubpixelUpBlock(nn.Module):
         return out
 
 
-def _rewrite(module, memory_format):
+def _rewrite(module, memory_format, split_rows):
     """Replace every foldable block below `module`, in place, converting weights to `memory_format` one
     block at a time (converting the whole network at the end would hold two copies of it at once)."""
     for name, child in module.named_children():
@@ -214,9 +214,9 @@ def _rewrite(module, memory_format):
             replacement = FoldedResBlock(child)
         elif isinstance(child, nn.Conv2d):
             few_outputs = child.out_channels <= ROWS_CONV_MAX_CHANNELS and child.kernel_size[0] > 1
-            replacement = RowsConv(child) if few_outputs else Conv.like(child)
+            replacement = RowsConv(child) if few_outputs and split_rows else Conv.like(child)
         else:
-            _rewrite(child, memory_format)
+            _rewrite(child, memory_format, split_rows)
             continue
         setattr(module, name, replacement.to(memory_format=memory_format))
 
@@ -226,9 +226,10 @@ def optimize_for_inference(network, channels_last=True, inplace=False, prepack=F
     `inplace` (saves holding two copies of the weights while loading). `prepack`: also reorder the
     convolution weights for oneDNN (for CPU float32 inference; ignored where oneDNN is missing)."""
     network = (network if inplace else copy.deepcopy(network)).eval()
+    on_cpu = all(parameter.device.type == "cpu" for parameter in network.parameters())
     with torch.no_grad():
-        _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format)
-        if prepack and _cpu_prepack_available() and all(p.device.type == "cpu" for p in network.parameters()):
+        _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format, split_rows=on_cpu)
+        if prepack and on_cpu and _cpu_prepack_available():
             for module in network.modules():
                 if isinstance(module, Conv):
                     module.prepack()
