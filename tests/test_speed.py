@@ -108,3 +108,20 @@ def test_memory_does_not_grow_with_the_video_length(tmp_path):
     peak_long = peak_rss_during(lambda: animate(long, tmp_path / "long-out.mp4"))
     # Holding the 540 extra predictions would take 540 x 192 KiB = 100 MiB.
     assert peak_long - peak_short < 25, (peak_short, peak_long)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_and_cpu_agree_in_float32():
+    import imageio.v3 as iio
+
+    from conftest import driving_frames
+    from fom_cli.animation import load_model
+    from fom_cli.config import load_config
+
+    driving = driving_frames().astype(np.float32) / 255
+    source = iio.imread(PARITY / "small-source.png").astype(np.float32) / 255
+    results = {}
+    for device in ("cpu", "cuda"):
+        _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), device=device)
+        results[device] = pipeline_animation(Animator(kp_detector, generator, source), driving, batch_size=4)
+    assert np.abs(results["cuda"] - results["cpu"]).max() <= 1e-3
