@@ -80,12 +80,17 @@ def add_animation_options(parser):
     run.add_argument("--quiet", action="store_true", help="no progress bar or notes")
 
 
+# Trained by us on `fom synth` cartoon faces (checkpoints/README.md is its model card).
+BUNDLED_MODEL = "toon-128.pth"
+
+
 def default_checkpoint():
-    candidates = sorted(bundled_dir("checkpoints").glob("*.pth"))
-    if not candidates:
-        raise FomError("no checkpoint given and no model is bundled yet: pass --checkpoint PATH, e.g. the "
-                       "original vox-cpk.pth.tar from the First Order Motion Model project (see README)")
-    return candidates[0]
+    path = bundled_dir("checkpoints") / BUNDLED_MODEL
+    if not path.is_file():
+        raise FomError(f"no checkpoint given and the bundled model ({BUNDLED_MODEL}) is not installed: pass "
+                       "--checkpoint PATH, e.g. the original vox-cpk.pth.tar from the First Order Motion Model "
+                       "project (see README)")
+    return path
 
 
 def check_source(path):
@@ -241,7 +246,11 @@ def load_requested_model(args):
     config = load_config(args.config) if args.config else None
     checkpoint = args.checkpoint or default_checkpoint()
     align_corners = None if args.align_corners is None else args.align_corners == "true"
-    config, kp_detector, generator, note = load_model(checkpoint, config, align_corners, device)
+    config, kp_detector, generator, note = load_model(checkpoint, config, align_corners, device,
+                                                      precision=getattr(args, "precision", "fp32"))
+    if not args.checkpoint:
+        note = (f"no --checkpoint: using the bundled {Path(BUNDLED_MODEL).stem} model, trained on cartoon faces "
+                "(for real faces pass an original checkpoint such as vox-cpk.pth.tar)")
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
     return config, kp_detector, generator

@@ -33,9 +33,11 @@ DEFAULT_FPS = 25.0
 
 
 def configure_parser(parser):
-    parser.add_argument("--checkpoint", required=True, help="the model: a checkpoint fom trained or an original one")
+    parser.add_argument("--checkpoint", help="the model: a checkpoint fom trained or an original one (default: the "
+                                             "bundled toon-128)")
     parser.add_argument("--data", required=True, metavar="DIR", help="data folder; its test/ videos are reconstructed")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: reconstruction/ next to the checkpoint)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: reconstruction/ next to the checkpoint, "
+                                                     "or in the current folder for the bundled model)")
     parser.add_argument("--config", help="config name or YAML path (default: the checkpoint's own, or the bundled "
                                          "config matching its tensor shapes)")
     parser.add_argument("--max-videos", type=int, metavar="N", help="only the first N test videos (in name order)")
@@ -54,8 +56,16 @@ def run(args):
         raise FomError(f"--max-videos must be 1 or more, got {args.max_videos}")
     if args.batch_size is not None and args.batch_size < 1:
         raise FomError(f"--batch-size must be 1 or more, got {args.batch_size}")
-    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / "reconstruction"
-    metrics = evaluate(args.checkpoint, args.data, out_dir, config=load_config(args.config) if args.config else None,
+    from fom_cli.animate import default_checkpoint
+
+    checkpoint = args.checkpoint or default_checkpoint()
+    if args.out:
+        out_dir = Path(args.out)
+    elif args.checkpoint:
+        out_dir = Path(args.checkpoint).parent / "reconstruction"
+    else:   # the bundled model sits inside the installed package: write here instead
+        out_dir = Path("reconstruction")
+    metrics = evaluate(checkpoint, args.data, out_dir, config=load_config(args.config) if args.config else None,
                        device=pick_device(args.device), batch_size=args.batch_size, max_videos=args.max_videos,
                        fps=args.fps, quiet=args.quiet)
     if not args.quiet:

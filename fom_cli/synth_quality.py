@@ -1,6 +1,6 @@
 """Measure animation quality against ground truth: `fom evaluate-synth`.
 
-  fom evaluate-synth --checkpoint checkpoints/toon-128.pth --pairs 32 --json
+  fom evaluate-synth --pairs 32 --json          # the bundled model (checkpoints/toon-128.pth)
 
 Real videos have no ground truth for "identity A moving like identity B". `fom synth` does: it renders
 appearance and motion separately, so A rendered with B's motion is exactly the right answer. For each of
@@ -16,6 +16,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from fom_cli.animate import default_checkpoint
 from fom_cli.animation import Animator, load_model, pick_device
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import FomError
@@ -29,7 +30,7 @@ HELD_OUT_SEED = 20261128
 
 
 def configure_parser(parser):
-    parser.add_argument("--checkpoint", required=True, help="a model trained on `fom synth` data")
+    parser.add_argument("--checkpoint", help="a model trained on `fom synth` data (default: the bundled toon-128)")
     parser.add_argument("--config", help="config name or YAML path (default: the checkpoint's own)")
     parser.add_argument("--pairs", type=int, default=32, help="identity pairs to animate (default 32)")
     parser.add_argument("--frames", type=int, default=32, help="frames per driving video (default 32)")
@@ -85,10 +86,11 @@ def run(args):
     if args.pairs < 1 or args.frames < 2:
         raise FomError("--pairs must be at least 1 and --frames at least 2")
     config = load_config(args.config) if args.config else None
-    config, kp_detector, generator, _ = load_model(args.checkpoint, config, device=pick_device(args.device))
+    checkpoint = args.checkpoint or default_checkpoint()
+    config, kp_detector, generator, _ = load_model(checkpoint, config, device=pick_device(args.device))
     report, strips = evaluate_pairs(kp_detector, generator, config, args.pairs, args.frames, args.seed,
                                     args.adapt_scale, args.quiet)
-    report["checkpoint"] = str(args.checkpoint)
+    report["checkpoint"] = str(checkpoint)
     if args.strip:
         from fom_cli.media import write_image
         write_image(args.strip, np.concatenate(strips, axis=0))

@@ -153,10 +153,3 @@ def test_help_documents_every_option(capsys):
                    "--no-adapt-scale", "--best-frame", "--find-best-frame", "--fit", "--fps", "--no-audio",
                    "--side-by-side", "--device", "--batch-size", "--quiet"]:
         assert option in help_text, option
-
-
-def test_without_a_checkpoint_the_error_says_where_to_get_one(tmp_path, capsys):
-    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out.mp4", "--quiet"], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "--checkpoint" in err and "vox-cpk.pth.tar" in err
-    assert not (tmp_path / "out.mp4").exists()
