@@ -247,7 +247,7 @@ def load_requested_model(args):
     checkpoint = args.checkpoint or default_checkpoint()
     align_corners = None if args.align_corners is None else args.align_corners == "true"
     config, kp_detector, generator, note = load_model(checkpoint, config, align_corners, device,
-                                                      precision=getattr(args, "precision", "fp32"))
+                                                      precision=args.precision)
     if not args.checkpoint:
         note = (f"no --checkpoint: using the bundled {Path(BUNDLED_MODEL).stem} model, trained on cartoon faces "
                 "(for real faces pass an original checkpoint such as vox-cpk.pth.tar)")

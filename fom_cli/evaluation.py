@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fom_cli.animate import default_checkpoint
 from fom_cli.animation import Animator, default_batch_size, load_model, pick_device
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import BadOutput
@@ -56,8 +57,6 @@ def run(args):
         raise FomError(f"--max-videos must be 1 or more, got {args.max_videos}")
     if args.batch_size is not None and args.batch_size < 1:
         raise FomError(f"--batch-size must be 1 or more, got {args.batch_size}")
-    from fom_cli.animate import default_checkpoint
-
     checkpoint = args.checkpoint or default_checkpoint()
     if args.out:
         out_dir = Path(args.out)
