@@ -56,6 +56,8 @@ def test_prepacked_convolution_falls_back_under_autocast():
         assert (packed(x) - plain(x)).abs().max() < 1e-6         # oneDNN with the ReLU fused
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(packed(x), plain(x))               # the unpacked weights, in bfloat16
+        assert packed.packed is None                              # unpacked once, for good
+        assert torch.equal(packed(x), plain(x))
 
 
 def test_bench_reports_speedup_difference_flops_and_memory(capsys):

@@ -52,8 +52,9 @@ class Conv(nn.Module):
     """A stride-1 convolution with an optional ReLU, for inference only.
 
     After `prepack()` the weights live in oneDNN's blocked layout (an mkldnn tensor) and CPU float32
-    calls go straight to oneDNN with the ReLU fused; anything else (autocast, another dtype) unpacks
-    them per call, which is correct but slow, so prepack only for CPU float32 work.
+    calls go straight to oneDNN with the ReLU fused. The first call that oneDNN's fused kernel cannot
+    take (autocast, another dtype) unpacks the weights for good, so a mismatch costs one reorder, not
+    one per frame.
     """
 
     def __init__(self, weight, bias, padding, relu=False, groups=1):
@@ -82,10 +83,9 @@ class Conv(nn.Module):
             if x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
                 return torch.ops.mkldnn._convolution_pointwise(x, self.packed, self.bias, self.padding, [1, 1], [1, 1],
                                                                self.groups, "relu" if self.relu else "none", [], "")
-            weight = self.packed.to_dense().to(x.device)
-        else:
-            weight = self.weight
-        out = F.conv2d(x, weight, self.bias, padding=self.padding, groups=self.groups)
+            self.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
+            self.packed = None
+        out = F.conv2d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
         return F.relu(out, inplace=True) if self.relu else out
 
 
