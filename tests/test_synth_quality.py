@@ -30,4 +30,6 @@ def test_the_quality_command_reports_both_numbers(tmp_path, capsys):
     assert report["pairs"] == 2 and len(report["per_pair"]) == 2
     assert report["l1"] > 0 and report["copy_source_l1"] > 0
     assert abs(report["ratio"] - report["l1"] / report["copy_source_l1"]) < 1e-12
+    # The first frame's error is the mean of the pairs' own, and no pair's is zero (the model repaints).
+    assert report["first_frame_l1"] == np.mean([pair["first_frame_l1"] for pair in report["per_pair"]]) > 0
     assert iio.imread(strip).shape == (2 * 3 * 128, 6 * 128, 3)   # rows driving/truth/result per pair
