@@ -133,6 +133,41 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(synth_data, tmp_path
                                  "--no-perceptual", "--quiet"))
 
 
+def test_kept_checkpoints_export_as_their_average(synth_data, tmp_path, capsys):
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["train_params"]["checkpoint_freq"] = 1
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
+    summary = trainer.train(train_args("--config", tmp_path / "toy.yaml", "--data", synth_data, "--num-repeats", 1, "--batch-size",
+                                       4, "--workers", 0, "--no-perceptual", "--quiet", "--epochs", 2,
+                                       "--keep-checkpoints", "--out", tmp_path / "run"))
+    run = summary["out_dir"]
+    kept = [run / "checkpoint-00001.pth.tar", run / "checkpoint-00002.pth.tar"]
+    first, second = (read_checkpoint(path) for path in kept)
+    assert first["epoch"] == 0 and second["epoch"] == 1
+    latest = read_checkpoint(run / "checkpoint.pth.tar")
+    assert all(torch.equal(latest["generator"][key], second["generator"][key]) for key in latest["generator"])
+
+    code, _, err = run_cli(["export", *kept, "-o", tmp_path / "average.pth"], capsys)
+    assert code == 0 and "the average of 2 checkpoints" in err, err
+    average = read_checkpoint(tmp_path / "average.pth")
+    for network in ("generator", "kp_detector"):
+        for key, value in average[network].items():
+            a, b = first[network][key], second[network][key]
+            if value.is_floating_point():
+                assert torch.allclose(value, (a + b) / 2, atol=1e-7), f"{network}.{key}"
+            else:   # BatchNorm's batch counter: the last checkpoint's
+                assert torch.equal(value, b), f"{network}.{key}"
+    moved = [key for key in average["generator"] if not torch.equal(first["generator"][key], second["generator"][key])]
+    assert moved   # the two epochs differ, so the average is a third set of weights
+    config, _, _, note = load_model(tmp_path / "average.pth")
+    assert "config stored in average.pth" in note and config["model_params"] == latest["config"]["model_params"]
+
+    # Checkpoints of different configs do not average: one error line, nothing written.
+    code, _, err = run_cli(["export", SMALL_CHECKPOINT, kept[0], "-o", tmp_path / "mixed.pth"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not fit the config" in err
+    assert not (tmp_path / "mixed.pth").exists()
+
+
 def test_init_and_resume_from_an_original_checkpoint(synth_data, tmp_path):
     """The original's small.pth.tar (written by its Logger.save_cpk, epoch 3) fine-tunes and resumes."""
     common = ("--config", SMALL_CONFIG, "--data", synth_data, "--num-repeats", 1, "--batch-size", 8, "--workers", 0,

@@ -16,6 +16,8 @@ The run folder gets config.yaml, log.txt (mean losses per epoch, in the original
 (a picture per epoch: source, driving with keypoints, deformed source, occlusion, prediction),
 checkpoint.pth.tar (every checkpoint_freq epochs and at the end: `fom animate --checkpoint` reads it
 without --config, and so does the original code) and TensorBoard scalars when tensorboard is installed.
+With --keep-checkpoints each checkpoint is also kept under its epoch, checkpoint-00012.pth.tar after 12
+epochs, as the original keeps them: `fom export` can average the last ones.
 
 Under torchrun every process trains on its share of each batch (DistributedDataParallel, batch norm
 synchronised across processes); only the first process writes anything.
@@ -88,6 +90,8 @@ def configure_parser(parser):
     running.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     running.add_argument("--seed", type=int, default=0, help="initial weights, data order, augmentation and "
                                                              "warps all follow from it (default 0)")
+    running.add_argument("--keep-checkpoints", action="store_true",
+                         help="also keep every checkpoint as checkpoint-EPOCH.pth.tar (EPOCH: epochs done, 5 digits)")
     running.add_argument("--quiet", action="store_true", help="no progress bar or messages (log.txt is still written)")
 
 
@@ -609,6 +613,8 @@ def _train(args, rank, world_size, device):
                 if (epoch + 1) % train_params.get("checkpoint_freq", num_epochs) == 0 or epoch == num_epochs - 1:
                     checkpoint = training_checkpoint(config, networks, optimizers, schedulers, epoch)
                     save_checkpoint(checkpoint_file, checkpoint)
+                    if args.keep_checkpoints:
+                        save_checkpoint(out_dir / f"checkpoint-{epoch + 1:05d}.pth.tar", checkpoint)
                     del checkpoint
             del batch, generated
     finally:
