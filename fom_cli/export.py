@@ -45,42 +45,42 @@ def run(args):
     if not output.parent.is_dir():
         raise BadOutput(f"cannot write {output}: the directory {output.parent} does not exist")
 
-    checkpoints = [read_checkpoint(path) for path in args.checkpoints]
-    last, last_path = checkpoints[-1], args.checkpoints[-1]
-    config = load_config(args.config) if args.config else infer_config(last, last_path)[0]
-    # Building the networks checks that every tensor fits the config before anything is written.
-    model_params = config["model_params"]
-    for checkpoint, path in zip(checkpoints, args.checkpoints):
-        for network, module in (("kp_detector", build_keypoint_detector(model_params)),
-                                ("generator", build_generator(model_params))):
-            load_state(module, checkpoint[network], network, path)
+    # One checkpoint in memory at a time, plus the running sums: vox-256 training checkpoints are 0.7 GB each.
+    config, last, sums = None, None, {"generator": {}, "kp_detector": {}}
+    for path in args.checkpoints:
+        last = read_checkpoint(path)
+        if config is None:
+            config = load_config(args.config) if args.config else infer_config(last, path)[0]
+        # Building the networks checks that every tensor fits the config before anything is written.
+        for network, build in (("kp_detector", build_keypoint_detector), ("generator", build_generator)):
+            load_state(build(config["model_params"]), last[network], network, path)
+            add_weights(sums[network], last[network])
 
     names = [Path(path).name for path in args.checkpoints]
-    slim = {"generator": average_weights([checkpoint["generator"] for checkpoint in checkpoints]),
-            "kp_detector": average_weights([checkpoint["kp_detector"] for checkpoint in checkpoints]),
-            "config": without_private_keys(config),
-            "fom": dict(last.get("fom", {}), config_name=config_name(config),
-                        exported_from=names[0] if len(names) == 1 else names)}
+    slim = {network: averaged_weights(sums[network], last[network], len(names)) for network in sums}
+    slim.update(config=without_private_keys(config),
+                fom=dict(last.get("fom", {}), config_name=config_name(config),
+                         exported_from=names[0] if len(names) == 1 else names))
     if "epoch" in last:
         slim["epoch"] = int(last["epoch"])
     save_checkpoint(output, slim)
     if not args.quiet:
         size = output.stat().st_size / 2 ** 20
-        averaged = f", the average of {len(checkpoints)} checkpoints" if len(checkpoints) > 1 else ""
+        averaged = f", the average of {len(names)} checkpoints" if len(names) > 1 else ""
         print(f"wrote {output} ({size:.1f} MiB: generator and keypoint detector{averaged}, config "
               f"{config_name(config)})", file=sys.stderr)
     return 0
 
 
-def average_weights(state_dicts):
-    """The mean of every floating-point tensor (weights, BatchNorm running statistics); integer ones (the
-    BatchNorm batch counters) are taken from the last state dict."""
-    if len(state_dicts) == 1:
-        return state_dicts[0]
-    average = {}
-    for key, last in state_dicts[-1].items():
-        if last.is_floating_point():
-            average[key] = (sum(state[key].double() for state in state_dicts) / len(state_dicts)).to(last.dtype)
-        else:
-            average[key] = last
-    return average
+def add_weights(sums, state_dict):
+    """Add a state dict's floating-point tensors (weights, BatchNorm running statistics) to `sums`."""
+    for key, value in state_dict.items():
+        if value.is_floating_point():
+            sums[key] = sums[key] + value.double() if key in sums else value.double()
+
+
+def averaged_weights(sums, last, count):
+    """The mean of every floating-point tensor; integer ones (BatchNorm's batch counters) are the last
+    state dict's."""
+    return {key: (sums[key] / count).to(value.dtype) if value.is_floating_point() else value
+            for key, value in last.items()}

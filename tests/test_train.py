@@ -163,7 +163,7 @@ def test_kept_checkpoints_export_as_their_average(synth_data, tmp_path, capsys):
     assert "config stored in average.pth" in note and config["model_params"] == latest["config"]["model_params"]
 
     # Checkpoints of different configs do not average: one error line, nothing written.
-    code, _, err = run_cli(["export", SMALL_CHECKPOINT, kept[0], "-o", tmp_path / "mixed.pth"], capsys)
+    code, _, err = run_cli(["export", kept[0], SMALL_CHECKPOINT, "-o", tmp_path / "mixed.pth"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "does not fit the config" in err
     assert not (tmp_path / "mixed.pth").exists()
 
