@@ -46,14 +46,16 @@ def run(args):
         raise BadOutput(f"cannot write {output}: the directory {output.parent} does not exist")
 
     # One checkpoint in memory at a time, plus the running sums: vox-256 training checkpoints are 0.7 GB each.
-    config, last, sums = None, None, {"generator": {}, "kp_detector": {}}
+    config, networks, last, sums = None, None, None, {"generator": {}, "kp_detector": {}}
     for path in args.checkpoints:
         last = read_checkpoint(path)
         if config is None:
             config = load_config(args.config) if args.config else infer_config(last, path)[0]
-        # Building the networks checks that every tensor fits the config before anything is written.
-        for network, build in (("kp_detector", build_keypoint_detector), ("generator", build_generator)):
-            load_state(build(config["model_params"]), last[network], network, path)
+            networks = {"kp_detector": build_keypoint_detector(config["model_params"]),
+                        "generator": build_generator(config["model_params"])}
+        # Loading into the networks checks that every tensor fits the config before anything is written.
+        for network, module in networks.items():
+            load_state(module, last[network], network, path)
             add_weights(sums[network], last[network])
 
     names = [Path(path).name for path in args.checkpoints]

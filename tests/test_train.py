@@ -137,8 +137,8 @@ def test_kept_checkpoints_export_as_their_average(synth_data, tmp_path, capsys):
     config = yaml.safe_load(TOY_CONFIG.read_text())
     config["train_params"]["checkpoint_freq"] = 1
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
-    summary = trainer.train(train_args("--config", tmp_path / "toy.yaml", "--data", synth_data, "--num-repeats", 1, "--batch-size",
-                                       4, "--workers", 0, "--no-perceptual", "--quiet", "--epochs", 2,
+    summary = trainer.train(train_args("--config", tmp_path / "toy.yaml", "--data", synth_data, "--num-repeats", 1,
+                                       "--batch-size", 4, "--workers", 0, "--no-perceptual", "--quiet", "--epochs", 2,
                                        "--keep-checkpoints", "--out", tmp_path / "run"))
     run = summary["out_dir"]
     kept = [run / "checkpoint-00001.pth.tar", run / "checkpoint-00002.pth.tar"]
