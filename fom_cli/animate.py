@@ -77,6 +77,9 @@ def add_animation_options(parser):
     run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                      help="network precision (default fp32); bf16/fp16 autocast the convolutions on GPUs while "
                           "keypoints and sampling grids stay fp32")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the networks (pays off on GPUs for long or many videos: the first batch "
+                          "waits for compilation); falls back to plain PyTorch with a warning where it fails")
     run.add_argument("--quiet", action="store_true", help="no progress bar or notes")
 
 
@@ -247,7 +250,7 @@ def load_requested_model(args):
     checkpoint = args.checkpoint or default_checkpoint()
     align_corners = None if args.align_corners is None else args.align_corners == "true"
     config, kp_detector, generator, note = load_model(checkpoint, config, align_corners, device,
-                                                      precision=args.precision)
+                                                      precision=args.precision, compile=args.compile)
     if not args.checkpoint:
         note = (f"no --checkpoint: using the bundled {Path(BUNDLED_MODEL).stem} model, trained on cartoon faces "
                 "(for real faces pass an original checkpoint such as vox-cpk.pth.tar)")

@@ -8,6 +8,7 @@ the two keypoint clouds' sizes (square roots of their convex-hull areas).
 """
 
 import contextlib
+import warnings
 
 import numpy as np
 import torch
@@ -96,12 +97,14 @@ def default_batch_size(device):
     return 16 if torch.device(device).type == "cuda" else 8
 
 
-def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", optimize=True, precision="fp32"):
+def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", optimize=True, precision="fp32",
+               compile=False):
     """(config, keypoint detector, generator, note) from a checkpoint, in eval mode on `device`.
 
     config None: the checkpoint's own config, or the bundled one whose tensor shapes match.
     optimize: apply the exact inference rewrites (models/inference.py); False keeps the original blocks.
     precision: what the Animator will run in; CPU float32 gets oneDNN-prepacked weights.
+    compile: torch.compile what runs per driving batch (compile_networks).
     """
     checkpoint = read_checkpoint(checkpoint_path)
     note = None
@@ -122,10 +125,48 @@ def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", o
     kp_detector.eval()
     generator.eval()
     if optimize:
-        prepack = torch.device(device).type == "cpu" and precision == "fp32"
+        # oneDNN's prepacked ops are opaque to torch.compile: compiled CPU code gets plain convolutions.
+        prepack = torch.device(device).type == "cpu" and precision == "fp32" and not compile
         kp_detector = optimize_for_inference(kp_detector, inplace=True, prepack=prepack)
         generator = optimize_for_inference(generator, inplace=True, prepack=prepack)
+    if compile:
+        compile_networks(kp_detector, generator)
     return config, kp_detector, generator, note
+
+
+class CompiledOrEager:
+    """`torch.compile(function)`, or the plain function once compiling it has failed.
+
+    torch.compile returns at once and only finds out at the first call whether it can compile (a missing
+    C++ compiler, an unsupported op, an old GPU), so the fallback has to happen there, with one warning.
+    """
+
+    def __init__(self, function, name, backend="inductor"):
+        self.function = function
+        self.name = name
+        self.compiled = torch.compile(function, backend=backend)
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - whatever broke, the plain function still works
+                reason = (str(error).strip().splitlines() or [""])[0][:200]
+                warnings.warn(f"torch.compile failed for the {self.name} ({type(error).__name__}: {reason}); "
+                              "running it uncompiled")
+                self.compiled = None
+        return self.function(*args, **kwargs)
+
+
+def compile_networks(kp_detector, generator):
+    """torch.compile, in place, the four functions the Animator runs per driving batch: the keypoint
+    detector, the dense motion network, the warping of the source features and the decoder. (Compiling
+    the generator module itself would compile only its forward, which animation does not call.)"""
+    kp_detector.forward = CompiledOrEager(kp_detector.forward, "keypoint detector")
+    dense_motion = generator.dense_motion_network
+    dense_motion.motion = CompiledOrEager(dense_motion.motion, "dense motion network")
+    generator.animate_features = CompiledOrEager(generator.animate_features, "feature warping")
+    generator.decode = CompiledOrEager(generator.decode, "decoder")
 
 
 def to_tensor(frames, device):
@@ -133,7 +174,11 @@ def to_tensor(frames, device):
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim == 3:
         frames = frames[None]
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).to(device)
+    tensor = torch.from_numpy(frames)
+    if torch.device(device).type == "cuda":
+        # Page-locked memory: the copy to the GPU is one DMA transfer instead of two staged copies.
+        return tensor.pin_memory().to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return tensor.permute(0, 3, 1, 2).to(device)
 
 
 class Animator:
@@ -197,9 +242,10 @@ class Animator:
         """(N, H, W, 3) float32 driving frames -> (N, H, W, 3) float32 predictions in [0, 1]."""
         if self.mode == "relative" and self.kp_driving_initial is None:
             self.set_initial_frame(frames[0])
+        kp_driving = self.keypoints(frames)
+        with torch.inference_mode():
+            kp_moved = self.driving_keypoints(kp_driving)   # float32: jacobian inverses, not autocast
         with torch.inference_mode(), self.autocast():
-            kp_driving = self.detect(to_tensor(frames, self.device))
-            kp_moved = self.driving_keypoints(kp_driving)
             motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved)
             features = self.generator.animate_features(self.source_features, motion)
             chunks = [features] if self.decode_batch_size is None else features.split(self.decode_batch_size)

@@ -17,7 +17,6 @@ import json
 import resource
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from fom_cli.animation import (Animator, default_batch_size, movement_scale, pick_device, relative_motion,
-                               to_tensor)
+from fom_cli.animation import (Animator, compile_networks, default_batch_size, movement_scale, pick_device,
+                               relative_motion, to_tensor)
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import FomError
 from fom_cli.models import build_generator, build_keypoint_detector
@@ -172,9 +171,14 @@ def bench_pipeline(args, config, device):
     fast_kp = optimize_for_inference(kp_detector, prepack=prepack)
     fast_generator = optimize_for_inference(generator, prepack=prepack)
     if args.compile:
-        fast_kp, fast_generator = compiled(fast_kp), compiled(fast_generator)
+        compile_networks(fast_kp, fast_generator)
     animator = Animator(fast_kp, fast_generator, source, precision=args.precision)
-    pipeline_animation(animator, driving[:batch_size], batch_size)  # warm-up
+    pipeline_animation(animator, driving[:batch_size], batch_size)  # warm-up (and compilation)
+    if args.compile:
+        # False where torch.compile failed and the pipeline fell back to plain PyTorch (with a warning).
+        report["compiled"] = all(function.compiled is not None for function in (
+            fast_kp.forward, fast_generator.dense_motion_network.motion, fast_generator.animate_features,
+            fast_generator.decode))
     if not args.no_baseline:
         straightforward_animation(kp_detector, generator, source, driving[:1], device)  # warm-up
 
@@ -217,22 +221,16 @@ def bench_pipeline(args, config, device):
     return report
 
 
-def compiled(network):
-    try:
-        return torch.compile(network)
-    except Exception as error:  # noqa: BLE001 - any failure means "run uncompiled"
-        warnings.warn(f"torch.compile failed ({error}); running uncompiled")
-        return network
-
-
 def bench_video(args, config, device):
     """The whole `fom animate` path on a real driving video, with random weights."""
     from fom_cli.animate import animate_pair
 
     kp_detector, generator = random_networks(config, args.seed)
-    prepack = device.type == "cpu" and args.precision == "fp32"   # as load_model does
+    prepack = device.type == "cpu" and args.precision == "fp32" and not args.compile   # as load_model does
     kp_detector = optimize_for_inference(kp_detector.to(device), inplace=True, prepack=prepack)
     generator = optimize_for_inference(generator.to(device), inplace=True, prepack=prepack)
+    if args.compile:
+        compile_networks(kp_detector, generator)
     size = frame_size(config)
     source = synthetic_frames(1, size, args.seed)[0]
     with tempfile.TemporaryDirectory() as folder:

@@ -150,3 +150,67 @@ def test_cuda_and_cpu_agree_in_float32():
         _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), device=device)
         results[device] = pipeline_animation(Animator(kp_detector, generator, source), driving, batch_size=4)
     assert np.abs(results["cuda"] - results["cpu"]).max() <= 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_pipeline_matches_the_plain_one_on_cuda():
+    import imageio.v3 as iio
+
+    from conftest import driving_frames
+    from fom_cli.animation import load_model
+
+    driving = driving_frames().astype(np.float32) / 255
+    source = iio.imread(PARITY / "small-source.png").astype(np.float32) / 255
+    results = {}
+    # Full float32 on both sides: with TF32 convolutions (cuDNN's default) the compiled and the plain
+    # kernels round differently, which says nothing about whether they compute the same function.
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for compile in (False, True):
+            _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), device="cuda",
+                                                      compile=compile)
+            results[compile] = pipeline_animation(Animator(kp_detector, generator, source), driving, batch_size=4)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert generator.decode.compiled is not None, "torch.compile fell back to plain PyTorch"
+    assert np.abs(results[True] - results[False]).max() <= 1e-4
+
+
+def test_a_failing_compiler_falls_back_to_plain_pytorch_once_with_a_warning():
+    from fom_cli.animation import CompiledOrEager
+
+    calls = []
+
+    def broken_backend(graph, example_inputs):
+        calls.append(1)
+        raise RuntimeError("no compiler here")
+
+    doubled = CompiledOrEager(lambda x: x * 2, "doubler", backend=broken_backend)
+    with pytest.warns(UserWarning, match="torch.compile failed for the doubler.*running it uncompiled"):
+        assert torch.equal(doubled(torch.ones(3)), torch.full((3,), 2.0))
+    assert doubled.compiled is None and calls == [1]
+    assert torch.equal(doubled(torch.ones(2)), torch.full((2,), 2.0))   # no second attempt, no warning
+    assert calls == [1]
+
+
+def test_keypoint_motion_stays_float32_under_autocast():
+    # GPUs have no bf16/fp16 matrix inverse, and bf16 grid coordinates are off by pixels: the sparse
+    # motions must be computed in float32 whatever autocast says (the CPU's autocast shows the dtype too).
+    from fom_cli.animation import load_model
+
+    _, _, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), optimize=False)
+    dense_motion = generator.dense_motion_network
+    rng = torch.Generator().manual_seed(0)
+    num_kp = dense_motion.num_kp
+
+    def keypoints(n):
+        return {"value": torch.rand(n, num_kp, 2, generator=rng) * 2 - 1,
+                "jacobian": torch.eye(2) + 0.2 * torch.randn(n, num_kp, 2, 2, generator=rng)}
+
+    kp_driving, kp_source = keypoints(3), keypoints(1)
+    expected = dense_motion.sparse_motions(16, 16, kp_driving, kp_source)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = dense_motion.sparse_motions(16, 16, kp_driving, kp_source)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, expected)

@@ -31,6 +31,14 @@ def test_same_seed_gives_identical_files(tmp_path):
     assert all_files(tmp_path / "a") == all_files(tmp_path / "b")
 
 
+def test_any_number_of_workers_writes_the_same_files(tmp_path):
+    write(tmp_path / "one", videos=4, test_videos=2)
+    synth.write_dataset(tmp_path / "three", videos=4, frames=3, size=32, seed=0, test_videos=2, quiet=True,
+                        workers=3)
+    assert len(all_files(tmp_path / "one")) == 18
+    assert all_files(tmp_path / "one") == all_files(tmp_path / "three")
+
+
 def test_different_seed_gives_different_frames(tmp_path):
     write(tmp_path / "a", seed=1)
     write(tmp_path / "b", seed=2)
@@ -112,6 +120,7 @@ def test_motion_is_a_smooth_random_performance():
     (dict(frames=1), "--frames"),
     (dict(test_videos=-1), "--test-videos"),
     (dict(seed=-3), "--seed"),
+    (dict(workers=0), "--workers"),
 ])
 def test_bad_arguments(tmp_path, change, message):
     arguments = dict(videos=2, frames=2, size=32, seed=0, test_videos=1) | change

@@ -15,10 +15,12 @@ an `Identity` (what the face looks like) and a `Motion` (head pose, blinks, mout
 
 import colorsys
 import functools
+import os
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,20 +387,37 @@ def _check_arguments(out_dir, videos, frames, size, seed, test_videos):
         raise BadOutput(f"{out_dir} already exists and is not empty; choose another --out or delete it")
 
 
-def write_dataset(out_dir, videos, frames, size, seed, test_videos=None, quiet=False):
+def _write_video(folder, video, frames, size, seed):
+    """Render one planned video into `folder` (already created). Its randomness comes from its own
+    streams, so videos can be rendered in any order, in any process, with the same bytes."""
+    import imageio.v3 as iio
+
+    identity = sample_identity(np.random.default_rng([seed, IDENTITY_STREAM, video.identity]))
+    motion = sample_motion(np.random.default_rng([seed, MOTION_STREAM, video.identity, video.clip]), frames)
+    for t, frame in enumerate(render_video(identity, motion, size)):
+        iio.imwrite(folder / f"{t:07d}.png", frame)
+
+
+def default_workers():
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def write_dataset(out_dir, videos, frames, size, seed, test_videos=None, quiet=False, workers=1):
     """Render `videos` training and `test_videos` test clips (default: one per 8 training clips, at
-    least 1) of `frames` frames of size x size pixels into out_dir. Returns a summary dict.
+    least 1) of `frames` frames of size x size pixels into out_dir, in `workers` processes. Returns a
+    summary dict.
 
     Everything is written into a hidden folder next to out_dir first and renamed into place at the end,
     so a crash or Ctrl-C never leaves a half data set that looks complete.
     """
-    import imageio.v3 as iio
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     if test_videos is None:
         test_videos = max(1, videos // 8)
     _check_arguments(out_dir, videos, frames, size, seed, test_videos)
+    if workers < 1:
+        raise FomError(f"--workers must be at least 1, got {workers}")
     started = time.perf_counter()
     plan = _plan_videos(videos, test_videos, seed)
 
@@ -407,17 +426,22 @@ def write_dataset(out_dir, videos, frames, size, seed, test_videos=None, quiet=F
     try:
         (partial / "train").mkdir()
         (partial / "test").mkdir()
-        identity_index, identity = None, None
-        for video in tqdm(plan, desc="synth", unit="video", file=sys.stderr, disable=quiet):
-            if video.identity != identity_index:   # the plan lists an identity's clips together
-                identity_index = video.identity
-                identity = sample_identity(np.random.default_rng([seed, IDENTITY_STREAM, video.identity]))
-            motion = sample_motion(np.random.default_rng([seed, MOTION_STREAM, video.identity, video.clip]),
-                                   frames)
+        jobs = []
+        for video in plan:
             folder = partial / video.split / video.name
             folder.mkdir()
-            for t, frame in enumerate(render_video(identity, motion, size)):
-                iio.imwrite(folder / f"{t:07d}.png", frame)
+            jobs.append((folder, video, frames, size, seed))
+        progress = tqdm(total=len(jobs), desc="synth", unit="video", file=sys.stderr, disable=quiet)
+        if workers == 1:
+            for job in jobs:
+                _write_video(*job)
+                progress.update()
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                for done in as_completed([pool.submit(_write_video, *job) for job in jobs]):
+                    done.result()   # a worker's error stops the run here
+                    progress.update()
+        progress.close()
         if out_dir.exists():
             out_dir.rmdir()   # empty (checked above); the rename needs the name free
         partial.rename(out_dir)
@@ -447,12 +471,15 @@ def configure_parser(parser):
     parser.add_argument("--frames", type=int, default=32, metavar="T", help="frames per video (default 32)")
     parser.add_argument("--size", type=int, default=64, metavar="S", help="frame width and height (default 64)")
     parser.add_argument("--seed", type=int, default=0, metavar="K", help="same seed, same files (default 0)")
+    parser.add_argument("--workers", type=int, default=default_workers(), metavar="W",
+                        help="processes rendering videos at once (default: the CPU count, at most 8); the files "
+                             "are the same for any number")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
 def run(args):
     summary = write_dataset(args.out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
-                            test_videos=args.test_videos, quiet=args.quiet)
+                            test_videos=args.test_videos, quiet=args.quiet, workers=args.workers)
     if not args.quiet:
         print(f"wrote {summary['train_videos']} train and {summary['test_videos']} test videos "
               f"({summary['frames']} frames of {summary['size']}x{summary['size']}) to {summary['out_dir']} "
