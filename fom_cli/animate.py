@@ -73,7 +73,7 @@ def add_animation_options(parser):
     run = parser.add_argument_group("running")
     run.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     run.add_argument("--batch-size", type=int, default=None,
-                     help="driving frames per forward pass (default: 8 on CPU, 16 on CUDA)")
+                     help="driving frames per forward pass (default: 8 on CPU, 32 on CUDA)")
     run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                      help="network precision (default fp32); bf16/fp16 autocast the convolutions on GPUs while "
                           "keypoints and sampling grids stay fp32")

@@ -41,7 +41,7 @@ def configure_parser(parser):
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--size", type=int, help="frame size in pixels (default: the config's)")
     parser.add_argument("--frames", type=int, default=8, help="driving frames to time (default 8)")
-    parser.add_argument("--batch-size", type=int, help="fom pipeline batch (default 8 on CPU, 16 on CUDA)")
+    parser.add_argument("--batch-size", type=int, help="fom pipeline batch (default 8 on CPU, 32 on CUDA)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                         help="autocast precision of the networks in fom's pipeline (default fp32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the pipeline's networks")

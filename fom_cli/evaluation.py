@@ -46,7 +46,7 @@ def configure_parser(parser):
                         help=f"frame rate of the mp4 files (default {DEFAULT_FPS:g})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="frames per forward pass (default: 8 on CPU, 16 on CUDA)")
+                        help="frames per forward pass (default: 8 on CPU, 32 on CUDA)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
