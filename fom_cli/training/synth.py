@@ -437,10 +437,14 @@ def write_dataset(out_dir, videos, frames, size, seed, test_videos=None, quiet=F
                 _write_video(*job)
                 progress.update()
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)))
+            try:
                 for done in as_completed([pool.submit(_write_video, *job) for job in jobs]):
                     done.result()   # a worker's error stops the run here
                     progress.update()
+            finally:
+                # After an error or Ctrl-C, drop the videos not started rather than render them all first.
+                pool.shutdown(cancel_futures=True)
         progress.close()
         if out_dir.exists():
             out_dir.rmdir()   # empty (checked above); the rename needs the name free
