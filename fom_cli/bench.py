@@ -7,9 +7,9 @@ Random weights (seeded) and synthetic frames, no file I/O. Reports, in one run, 
   (b) fom's pipeline: the source prepared once, the exact inference rewrites, frames in batches;
 
 their ratio (each path's fastest of `--repeats` runs, the two paths taking turns; the medians too),
-the max abs difference of their outputs, GFLOP per frame, the achieved share of this
-machine's 3x3-convolution throughput, and peak RSS. `--video PATH` times the whole `fom animate` path
-(decode, fit, animate, encode) on a real file instead. `--json` prints one JSON object.
+the max abs difference of their outputs, GFLOP per frame, the achieved share of this machine's
+3x3-convolution throughput in the same precision, and peak RSS. `--video PATH` times the whole
+`fom animate` path (decode, fit, animate, encode) on a real file instead. `--json` prints one JSON object.
 """
 
 import argparse
@@ -140,10 +140,12 @@ def pipeline_gflop_per_frame(animator, frame):
     return counter.get_total_flops() / 1e9
 
 
-def conv_throughput_gflops(device, repeats=5):
-    """This machine's sustained rate on a 3x3 convolution in channels_last (GFLOP/s): the roofline."""
-    x = torch.rand(4, 256, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
-    weight = torch.rand(256, 256, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+def conv_throughput_gflops(device, repeats=5, dtype=None):
+    """This machine's sustained rate on a 3x3 convolution in channels_last (GFLOP/s): the roofline, in
+    the pipeline's precision (`dtype` None: float32), since bf16/fp16 run on other units than float32."""
+    dtype = dtype or torch.float32
+    x = torch.rand(4, 256, 64, 64, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.rand(256, 256, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     flop = 2 * 4 * 256 * 256 * 9 * 64 * 64
     with torch.no_grad():
         F.conv2d(x, weight, padding=1)
@@ -210,7 +212,7 @@ def bench_pipeline(args, config, device):
         report["max_abs_difference"] = float(np.abs(fast - slow).max())
         report["gflop_per_frame"] = gflop_per_frame(kp_detector, generator, source, driving[0], device)
 
-    report["conv_gflops_per_s"] = conv_throughput_gflops(device)
+    report["conv_gflops_per_s"] = conv_throughput_gflops(device, dtype=PRECISIONS[args.precision])
     if report["pipeline_gflop_per_frame"]:
         achieved = report["pipeline_gflop_per_frame"] * report["pipeline_fps"]
         report["pipeline_gflops_per_s"] = achieved
