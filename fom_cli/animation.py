@@ -55,16 +55,20 @@ def relative_motion(kp_source, kp_driving, kp_driving_initial, scale=1.0, use_re
     """Source keypoints moved by the driving motion since the initial driving frame.
 
     kp_driving may hold a batch of frames; kp_source and kp_driving_initial have batch 1. For models
-    without jacobians (zero-order), only the values move.
+    without jacobians (zero-order), only the values move. Always float32, also under autocast: GPUs have
+    no half-precision matrix inverse.
     """
-    value = (kp_driving["value"] - kp_driving_initial["value"]) * scale + kp_source["value"]
-    moved = {"value": value}
-    if "jacobian" in kp_driving:
-        if use_relative_jacobian:
-            change = torch.matmul(kp_driving["jacobian"], torch.inverse(kp_driving_initial["jacobian"]))
-            moved["jacobian"] = torch.matmul(change, kp_source["jacobian"])
-        else:
-            moved["jacobian"] = kp_driving["jacobian"]
+    kp_source, kp_driving, kp_driving_initial = ({key: value.float() for key, value in kp.items()}
+                                                 for kp in (kp_source, kp_driving, kp_driving_initial))
+    with torch.autocast(kp_driving["value"].device.type, enabled=False):
+        value = (kp_driving["value"] - kp_driving_initial["value"]) * scale + kp_source["value"]
+        moved = {"value": value}
+        if "jacobian" in kp_driving:
+            if use_relative_jacobian:
+                change = torch.matmul(kp_driving["jacobian"], torch.inverse(kp_driving_initial["jacobian"]))
+                moved["jacobian"] = torch.matmul(change, kp_source["jacobian"])
+            else:
+                moved["jacobian"] = kp_driving["jacobian"]
     return moved
 
 
@@ -243,10 +247,9 @@ class Animator:
         """(N, H, W, 3) float32 driving frames -> (N, H, W, 3) float32 predictions in [0, 1]."""
         if self.mode == "relative" and self.kp_driving_initial is None:
             self.set_initial_frame(frames[0])
-        kp_driving = self.keypoints(frames)
-        with torch.inference_mode():
-            kp_moved = self.driving_keypoints(kp_driving)   # float32: jacobian inverses, not autocast
         with torch.inference_mode(), self.autocast():
+            kp_driving = self.detect(to_tensor(frames, self.device))
+            kp_moved = self.driving_keypoints(kp_driving)
             motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved)
             features = self.generator.animate_features(self.source_features, motion)
             chunks = [features] if self.decode_batch_size is None else features.split(self.decode_batch_size)

@@ -197,7 +197,7 @@ def test_a_failing_compiler_falls_back_to_plain_pytorch_once_with_a_warning():
 def test_keypoint_motion_stays_float32_under_autocast():
     # GPUs have no bf16/fp16 matrix inverse, and bf16 grid coordinates are off by pixels: the sparse
     # motions must be computed in float32 whatever autocast says (the CPU's autocast shows the dtype too).
-    from fom_cli.animation import load_model
+    from fom_cli.animation import load_model, relative_motion
 
     _, _, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), optimize=False)
     dense_motion = generator.dense_motion_network
@@ -208,9 +208,14 @@ def test_keypoint_motion_stays_float32_under_autocast():
         return {"value": torch.rand(n, num_kp, 2, generator=rng) * 2 - 1,
                 "jacobian": torch.eye(2) + 0.2 * torch.randn(n, num_kp, 2, 2, generator=rng)}
 
-    kp_driving, kp_source = keypoints(3), keypoints(1)
+    kp_driving, kp_source, kp_initial = keypoints(3), keypoints(1), keypoints(1)
     expected = dense_motion.sparse_motions(16, 16, kp_driving, kp_source)
+    expected_moved = relative_motion(kp_source, kp_driving, kp_initial, scale=0.9)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = dense_motion.sparse_motions(16, 16, kp_driving, kp_source)
+        moved = relative_motion(kp_source, kp_driving, kp_initial, scale=0.9)
     assert got.dtype == torch.float32
     assert torch.equal(got, expected)
+    for key in ("value", "jacobian"):
+        assert moved[key].dtype == torch.float32
+        assert torch.equal(moved[key], expected_moved[key])

@@ -51,7 +51,8 @@ class DenseMotionNetwork(nn.Module):
             identity = identity.view(1, 1, height, width, 2)
             offsets = identity - value_driving.view(n, self.num_kp, 1, 1, 2)
             if "jacobian" in kp_driving:
-                jacobian = torch.matmul(kp_source["jacobian"].float(), torch.inverse(kp_driving["jacobian"].float()))
+                jacobian = torch.matmul(kp_source["jacobian"].float(),
+                                        torch.inverse(kp_driving["jacobian"].float()))
                 offsets = torch.matmul(jacobian.view(-1, self.num_kp, 1, 1, 2, 2), offsets.unsqueeze(-1)).squeeze(-1)
             driving_to_source = offsets + kp_source["value"].float().view(-1, self.num_kp, 1, 1, 2)
             return torch.cat([identity.expand(n, 1, height, width, 2), driving_to_source], dim=1)
