@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, make_clip, run_cli
@@ -14,7 +15,8 @@ from fom_cli.animation import Animator
 from fom_cli.bench import pipeline_animation, random_networks, straightforward_animation, synthetic_frames
 from fom_cli.config import load_config
 from fom_cli.models.blocks import AntiAliasInterpolation2d
-from fom_cli.models.inference import Conv, RowsConv, StridedAntiAlias, optimize_for_inference
+from fom_cli.models.inference import (Conv, Int8SplitConv, RowsConv, StridedAntiAlias, _amx_int8_available,
+                                      optimize_for_inference)
 
 
 @pytest.mark.parametrize("prepack", [False, True], ids=["rewrites", "rewrites-prepacked"])
@@ -45,6 +47,55 @@ def test_rows_convolution_and_prepacked_weights_compute_the_same_function():
                 if isinstance(module, Conv):
                     module.prepack()
             assert (rows(x) - expected).abs().max() < 1e-5
+
+
+def _onednn_int8_convolution_available():
+    try:
+        Int8SplitConv(torch.ones(1, 1, 1, 1), None, (0, 0))
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@pytest.mark.skipif(not _onednn_int8_convolution_available(), reason="needs oneDNN's int8 convolution (x86)")
+def test_int8_split_convolution_matches_float32_against_float64():
+    torch.manual_seed(0)
+    # (in, out, kernel, padding, relu, signed input, batch, size): the bottleneck's shape, a sub-pixel
+    # 2x2 kernel, a signed input (shifted by its minimum) at an odd size, a 7x7 kernel.
+    cases = [(256, 256, 3, 1, True, False, 1, 64), (64, 128, 2, 1, True, True, 2, 33), (16, 8, 7, 3, False, False, 1, 20)]
+    for in_channels, out_channels, kernel, padding, relu, signed, batch, size in cases:
+        weight = torch.randn(out_channels, in_channels, kernel, kernel) / (in_channels * kernel ** 2) ** 0.5
+        bias = torch.randn(out_channels) * 0.1
+        x = torch.randn(batch, in_channels, size, size) * 3
+        x = x if signed else x.relu()
+        split = Int8SplitConv(weight, bias, (padding, padding), relu=relu)
+        activation = torch.relu if relu else (lambda t: t)
+        with torch.inference_mode():
+            exact = activation(F.conv2d(x.double(), weight.double(), bias.double(), padding=padding))
+            float32 = activation(F.conv2d(x, weight, bias, padding=padding))
+            ours = split(x)
+            assert ours.dtype == torch.float32 and ours.shape == exact.shape
+            # float32 rounding is about 1e-7 of the largest value; the split stays within 16 of its units
+            assert (ours.double() - exact).abs().max() <= 2e-6 * exact.abs().max()
+            assert (float32.double() - exact).abs().max() <= 2e-6 * exact.abs().max()
+            # an all-zero input gives the bias (through the ReLU), not NaN from a zero scale
+            assert torch.equal(split(torch.zeros_like(x)), activation(bias.view(1, -1, 1, 1).expand_as(ours)))
+            # under autocast it falls back to a plain convolution in the autocast precision
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert (split(x).float() - float32).abs().max() <= 0.05 * float32.abs().max()
+
+
+@pytest.mark.skipif(not _amx_int8_available(), reason="the int8 split is used on CPUs with AMX int8 only")
+def test_prepacked_generator_uses_the_int8_split_where_it_pays():
+    def split_blocks(config):
+        _, generator = random_networks(load_config(config), seed=0)
+        fast = optimize_for_inference(generator, prepack=True)
+        assert len(fast.bottleneck) > 0
+        return [isinstance(block.conv1, Int8SplitConv) and isinstance(block.conv2, Int8SplitConv)
+                for block in fast.bottleneck]
+
+    assert all(split_blocks("vox-256"))          # 256 channels: faster
+    assert not any(split_blocks(SMALL_CONFIG))   # narrow blocks stay float32
 
 
 def test_strided_anti_aliasing_keeps_the_same_pixels():
