@@ -154,6 +154,7 @@ class Int8SplitConv(nn.Module):
                                                               self.padding, [1, 1], 1, None))
         self.zero_points = torch.zeros(out_channels, dtype=torch.int64)
         self.ones_response = {}
+        self.fallback_weight = None
 
     @classmethod
     def like(cls, conv):
@@ -179,8 +180,12 @@ class Int8SplitConv(nn.Module):
 
     def forward(self, x):
         if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
-            out = F.conv2d(x, self.float_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype),
-                           padding=self.padding)
+            # What oneDNN's int8 kernels cannot take (autocast, another dtype): a plain convolution with
+            # the weights rebuilt from their limbs once (to float32 rounding; as Conv unpacks its own).
+            if self.fallback_weight is None:
+                self.fallback_weight = self.float_weight()
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            out = F.conv2d(x, self.fallback_weight.to(x.dtype), bias, padding=self.padding)
             return F.relu(out) if self.relu else out
         x = x.contiguous(memory_format=torch.channels_last)
         n, channels, height, width = x.shape
