@@ -128,7 +128,7 @@ class Int8SplitConv(nn.Module):
     def __init__(self, weight, bias, padding, relu=False):
         super().__init__()
         weight = weight.detach().double()
-        out_channels, in_channels = weight.shape[:2]
+        out_channels = weight.shape[0]
         # Per output channel, |w| / 2^ew <= 2^23 - 2^16, so that the top balanced digit fits in int8.
         largest = weight.abs().amax(dim=(1, 2, 3)).clamp(min=1e-300)
         exponent = torch.ceil(torch.log2(largest / (2.0 ** 23 - 2.0 ** 16)))
@@ -144,8 +144,6 @@ class Int8SplitConv(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
         self.padding = [int(p) for p in padding]
         self.relu = relu
-        self.kernel_size = tuple(weight.shape[2:])
-        self.out_channels = out_channels
         self.digits = [d.to(torch.int8) for d in digits]   # kept to rebuild float weights on a fallback
         self.packed = []
         for g in range(self.SIGNIFICANCES):
