@@ -175,7 +175,7 @@ def bench_pipeline(args, config, device):
     fast_generator = optimize_for_inference(generator, prepack=prepack)
     if args.compile:
         compile_networks(fast_kp, fast_generator)
-    # On CPUs with AMX the residual blocks run as exact int8 limb products (Int8SplitConv): their
+    # On CPUs with AMX the residual blocks run as int8 limb products (Int8SplitConv): their
     # FLOPs then come from the int8 units, and the share of the float32 conv rate can exceed 1.
     report["int8_split_convolutions"] = sum(isinstance(module, Int8SplitConv) for module in fast_generator.modules())
     animator = Animator(fast_kp, fast_generator, source, precision=args.precision)
