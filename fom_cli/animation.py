@@ -252,8 +252,14 @@ class Animator:
             kp_moved = self.driving_keypoints(kp_driving)
             motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved)
             features = self.generator.animate_features(self.source_features, motion)
-            chunks = [features] if self.decode_batch_size is None else features.split(self.decode_batch_size)
-            prediction = torch.cat([self.generator.decode(chunk).float() for chunk in chunks])
+            warped_source = None
+            if self.generator.blend_mask is not None:
+                warped_source = self.generator.deform(self.source.expand(len(features), -1, -1, -1),
+                                                      motion["deformation"])
+            step = self.decode_batch_size or len(features)
+            prediction = torch.cat([
+                self.generator.decode(features[i:i + step], None if warped_source is None else warped_source[i:i + step])
+                .float() for i in range(0, len(features), step)])
         self.last_keypoints = {"source": self.kp_source["value"][0].cpu().numpy(),
                                "driving": kp_driving["value"].cpu().numpy(),
                                "moved": kp_moved["value"].cpu().numpy()}

@@ -46,6 +46,8 @@ GENERATOR_PARAMS = {
     "block_expansion": (True, int), "max_features": (True, int), "num_down_blocks": (True, int),
     "num_bottleneck_blocks": (True, int), "estimate_occlusion_map": (False, bool),
     "dense_motion_params": (False, DENSE_MOTION_PARAMS),
+    # fom's addition (models/generator.py): mix the warped source image into the frame.
+    "blend_warped_source": (False, bool),
 }
 DISCRIMINATOR_PARAMS = {
     "scales": (True, list), "block_expansion": (True, int), "max_features": (True, int),
@@ -123,6 +125,11 @@ def validate(config, schema=CONFIG, where=""):
             validate(value, kind, f"{where}{key}.")
         elif not _is_instance(value, kind):
             raise BadConfig(f"config key '{where}{key}' must be {_type_name(kind)}, not {value!r}")
+    if schema is CONFIG:
+        generator = config["model_params"]["generator_params"]
+        if generator.get("blend_warped_source") and "dense_motion_params" not in generator:
+            raise BadConfig("config key 'model_params.generator_params.blend_warped_source' needs "
+                            "dense_motion_params: without a flow there is no warped source to blend")
 
 
 def resolve_config_path(name_or_path):

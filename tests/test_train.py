@@ -195,6 +195,31 @@ def test_init_and_resume_from_an_original_checkpoint(synth_data, tmp_path):
     assert read_checkpoint(tmp_path / "resumed" / "checkpoint.pth.tar")["epoch"] == 4
 
 
+def test_init_adds_a_blend_mask_to_a_generator_that_had_none(synth_data, tmp_path):
+    """Fine-tuning an original checkpoint into a config with blend_warped_source (as toon-128 was): every
+    weight it has is loaded, the new mask starts at one half and learns."""
+    original = read_checkpoint(SMALL_CHECKPOINT)
+    config = yaml.safe_load(SMALL_CONFIG.read_text())
+    config["model_params"]["generator_params"]["blend_warped_source"] = True
+    config["train_params"].update(lr_generator=1e-3, lr_discriminator=0, lr_kp_detector=0)
+    path = tmp_path / "small-blend.yaml"
+    path.write_text(yaml.safe_dump(config))
+    summary = trainer.train(train_args("--config", path, "--data", synth_data, "--num-repeats", 1, "--batch-size", 8,
+                                       "--workers", 0, "--quiet", "--init", SMALL_CHECKPOINT, "--epochs", 1,
+                                       "--out", tmp_path / "blend"))
+    log = (tmp_path / "blend" / "log.txt").read_text()
+    assert "small.pth.tar has no blend mask (blend_warped_source): it starts from its initial weights" in log
+    for key, value in summary["networks"]["kp_detector"].named_parameters():
+        assert torch.equal(value.detach(), original["kp_detector"][key]), key
+    mask = summary["networks"]["generator"].blend_mask
+    assert float(mask.weight.detach().abs().max()) > 0   # from zero: the mask's gradient reached it
+    config_, kp_detector, generator, _ = load_model(tmp_path / "blend" / "checkpoint.pth.tar")
+    assert config_["model_params"]["generator_params"]["blend_warped_source"]
+    frames = np.stack([iio.imread(p) for p in sorted((synth_data / "test").glob("*/*.png"))[:4]]) / 255
+    reconstruction = reconstruct_video(kp_detector, generator, frames.astype(np.float32))
+    assert reconstruction.shape == frames.shape and np.isfinite(reconstruction).all()
+
+
 def _ddp_worker(rank, port, argv, results):
     """One of two training processes, as torchrun would start it."""
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",

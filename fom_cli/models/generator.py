@@ -6,6 +6,13 @@ a decoder paint the frame.
 
 The source side (`encode`) depends on the source alone, so an animation computes it once and reuses it
 for every driving frame (`animate_features`).
+
+fom's addition, off in the original configs: with `blend_warped_source`, the frame is a per-pixel mix of
+the decoder's painting and the source image itself warped by the same flow, weighted by a mask the
+decoder predicts next to the colours. Where the source shows what the frame needs, its own pixels pass
+through sharp; the decoder paints only what the source cannot show (an eye closing, a mouth opening).
+The bundled toon-128 uses it: its warped source alone was closer to the truth than its painting (0.0100
+against 0.0130 L1 on held-out reconstructions), as a small decoder repaints a whole face softly.
 """
 
 import torch
@@ -19,8 +26,10 @@ from fom_cli.models.motion import DenseMotionNetwork
 class OcclusionAwareGenerator(nn.Module):
     def __init__(self, num_channels, num_kp, block_expansion, max_features, num_down_blocks,
                  num_bottleneck_blocks, estimate_occlusion_map=False, dense_motion_params=None,
-                 estimate_jacobian=False, align_corners=True):
+                 estimate_jacobian=False, align_corners=True, blend_warped_source=False):
         super().__init__()
+        if blend_warped_source and dense_motion_params is None:
+            raise ValueError("blend_warped_source needs a dense motion network to warp the source with")
         if dense_motion_params is not None:
             self.dense_motion_network = DenseMotionNetwork(num_kp=num_kp, num_channels=num_channels,
                                                            estimate_occlusion_map=estimate_occlusion_map,
@@ -44,6 +53,13 @@ class OcclusionAwareGenerator(nn.Module):
             self.bottleneck.add_module(f"r{i}", ResBlock2d(width(num_down_blocks), kernel_size=(3, 3), padding=(1, 1)))
 
         self.final = nn.Conv2d(block_expansion, num_channels, kernel_size=(7, 7), padding=(3, 3))
+        if blend_warped_source:
+            # Zero weights: the mask starts at one half everywhere, whatever the features.
+            self.blend_mask = nn.Conv2d(block_expansion, 1, kernel_size=(7, 7), padding=(3, 3))
+            nn.init.zeros_(self.blend_mask.weight)
+            nn.init.zeros_(self.blend_mask.bias)
+        else:
+            self.blend_mask = None
         self.estimate_occlusion_map = estimate_occlusion_map
         self.num_channels = num_channels
         self.align_corners = align_corners
@@ -63,12 +79,17 @@ class OcclusionAwareGenerator(nn.Module):
             out = block(out)
         return out
 
-    def decode(self, features):
-        """Features in the driving pose -> an image in [0, 1]."""
+    def decode(self, features, warped_source=None):
+        """Features in the driving pose -> an image in [0, 1]. `warped_source`: the source image warped by
+        the same motion (`deform`), needed when the generator blends it in."""
         out = self.bottleneck(features)
         for block in self.up_blocks:
             out = block(out)
-        return torch.sigmoid(self.final(out))
+        painted = torch.sigmoid(self.final(out))
+        if self.blend_mask is None:
+            return painted
+        mask = torch.sigmoid(self.blend_mask(out))
+        return painted + mask * (warped_source.to(painted.dtype) - painted)
 
     def animate_features(self, source_features, motion):
         """Warp the source features by the dense motion and dim the occluded parts."""
@@ -92,5 +113,5 @@ class OcclusionAwareGenerator(nn.Module):
             features = self.animate_features(features, motion)
             n = motion["deformation"].shape[0]
             out["deformed"] = self.deform(source_image.expand(n, -1, -1, -1), motion["deformation"])
-        out["prediction"] = self.decode(features)
+        out["prediction"] = self.decode(features, out.get("deformed"))
         return out

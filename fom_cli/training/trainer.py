@@ -367,6 +367,16 @@ def load_weights(networks, checkpoint, path, fine_tune):
                 notes.append(f"the discriminator of {Path(path).name} does not fit the config ({problems[0]}): "
                              "it starts from random weights")
                 continue
+        if name == "generator" and fine_tune and getattr(module, "blend_mask", None) is not None:
+            missing = {key for key in module.state_dict() if key.startswith("blend_mask.")} - set(checkpoint[name])
+            if missing:
+                # Fine-tuning a generator that did not blend into one that does: the new mask starts at
+                # one half everywhere (its initial weights) and learns from there.
+                state = {**module.state_dict(), **checkpoint[name]}
+                load_state(module, state, name, path)
+                notes.append(f"{Path(path).name} has no blend mask (blend_warped_source): it starts from its "
+                             "initial weights")
+                continue
         load_state(module, checkpoint[name], name, path)
     return notes
 
