@@ -257,9 +257,11 @@ class Animator:
                 warped_source = self.generator.deform(self.source.expand(len(features), -1, -1, -1),
                                                       motion["deformation"])
             step = self.decode_batch_size or len(features)
-            prediction = torch.cat([
-                self.generator.decode(features[i:i + step], None if warped_source is None else warped_source[i:i + step])
-                .float() for i in range(0, len(features), step)])
+            decoded = []
+            for i in range(0, len(features), step):
+                warped = None if warped_source is None else warped_source[i:i + step]
+                decoded.append(self.generator.decode(features[i:i + step], warped).float())
+            prediction = torch.cat(decoded)
         self.last_keypoints = {"source": self.kp_source["value"][0].cpu().numpy(),
                                "driving": kp_driving["value"].cpu().numpy(),
                                "moved": kp_moved["value"].cpu().numpy()}

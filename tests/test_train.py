@@ -213,9 +213,9 @@ def test_init_adds_a_blend_mask_to_a_generator_that_had_none(synth_data, tmp_pat
         assert torch.equal(value.detach(), original["kp_detector"][key]), key
     mask = summary["networks"]["generator"].blend_mask
     assert float(mask.weight.detach().abs().max()) > 0   # from zero: the mask's gradient reached it
-    config_, kp_detector, generator, _ = load_model(tmp_path / "blend" / "checkpoint.pth.tar")
-    assert config_["model_params"]["generator_params"]["blend_warped_source"]
-    frames = np.stack([iio.imread(p) for p in sorted((synth_data / "test").glob("*/*.png"))[:4]]) / 255
+    loaded_config, kp_detector, generator, _ = load_model(tmp_path / "blend" / "checkpoint.pth.tar")
+    assert loaded_config["model_params"]["generator_params"]["blend_warped_source"]
+    frames = np.stack([iio.imread(frame) for frame in sorted((synth_data / "test").glob("*/*.png"))[:4]]) / 255
     reconstruction = reconstruct_video(kp_detector, generator, frames.astype(np.float32))
     assert reconstruction.shape == frames.shape and np.isfinite(reconstruction).all()
 
