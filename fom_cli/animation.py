@@ -254,8 +254,7 @@ class Animator:
             features = self.generator.animate_features(self.source_features, motion)
             warped_source = None
             if self.generator.blend_mask is not None:
-                warped_source = self.generator.deform(self.source.expand(len(features), -1, -1, -1),
-                                                      motion["deformation"])
+                warped_source = self.generator.warp_source(self.source, motion["deformation"])
             step = self.decode_batch_size or len(features)
             decoded = []
             for i in range(0, len(features), step):

@@ -72,6 +72,10 @@ class OcclusionAwareGenerator(nn.Module):
                                         align_corners=False).permute(0, 2, 3, 1)
         return grid_sample(image, deformation, self.align_corners)
 
+    def warp_source(self, source_image, deformation):
+        """The source image (batch 1, or one per flow) warped by each of a batch of flows."""
+        return self.deform(source_image.expand(deformation.shape[0], -1, -1, -1), deformation)
+
     def encode(self, source_image):
         """The source's feature map: computed once per source image."""
         out = self.first(source_image)
@@ -111,7 +115,6 @@ class OcclusionAwareGenerator(nn.Module):
             motion = self.dense_motion_network(source_image, kp_driving=kp_driving, kp_source=kp_source)
             out.update(motion)
             features = self.animate_features(features, motion)
-            n = motion["deformation"].shape[0]
-            out["deformed"] = self.deform(source_image.expand(n, -1, -1, -1), motion["deformation"])
+            out["deformed"] = self.warp_source(source_image, motion["deformation"])
         out["prediction"] = self.decode(features, out.get("deformed"))
         return out

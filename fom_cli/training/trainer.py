@@ -367,7 +367,7 @@ def load_weights(networks, checkpoint, path, fine_tune):
                 notes.append(f"the discriminator of {Path(path).name} does not fit the config ({problems[0]}): "
                              "it starts from random weights")
                 continue
-        if name == "generator" and fine_tune and getattr(module, "blend_mask", None) is not None:
+        if name == "generator" and fine_tune and module.blend_mask is not None:
             missing = {key for key in module.state_dict() if key.startswith("blend_mask.")} - set(checkpoint[name])
             if missing:
                 # Fine-tuning a generator that did not blend into one that does: the new mask starts at
