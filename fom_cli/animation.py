@@ -19,6 +19,10 @@ from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.models.inference import optimize_for_inference
 
 
+# --precision name -> the dtype networks autocast to (None: plain float32).
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def convex_hull_area(points):
     """Area of the convex hull of (M, 2) points (Andrew's monotone chain, float64). 0 for degenerate sets."""
     points = np.unique(np.asarray(points, dtype=np.float64), axis=0)
@@ -194,15 +198,13 @@ class Animator:
     driving batch, the dense motion network and the generator's decoder.
     """
 
-    PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
     def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True, precision="fp32"):
         self.kp_detector = kp_detector
         self.generator = generator
         self.mode = mode
         self.adapt_scale = adapt_scale
         self.device = next(generator.parameters()).device
-        self.autocast_dtype = self.PRECISIONS[precision]
+        self.autocast_dtype = AUTOCAST_DTYPES[precision]
         with torch.inference_mode(), self.autocast():
             self.source = to_tensor(source, self.device)
             self.kp_source = self.detect(self.source)

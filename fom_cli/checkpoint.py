@@ -11,7 +11,6 @@ weights_only=True: a checkpoint is data and must never run code.
 
 import os
 import pickle
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -19,10 +18,25 @@ from pathlib import Path
 import torch
 
 from fom_cli import __version__
-from fom_cli.config import bundled_config_names, config_name, load_config, validate, without_private_keys
-from fom_cli.errors import BadCheckpoint, BadConfig, BadInput
+from fom_cli.config import bundled_config_names, bundled_dir, config_name, load_config, validate, \
+    without_private_keys
+from fom_cli.errors import BadCheckpoint, BadConfig, BadInput, FomError
+from fom_cli.media.files import write_bytes_with
 
 NETWORKS = ("generator", "kp_detector", "discriminator")
+
+# Trained by us on `fom synth` cartoon faces (checkpoints/README.md is its model card).
+BUNDLED_MODEL = "toon-128.pth"
+
+
+def default_checkpoint():
+    """The bundled model's path: what commands animate with when no --checkpoint is given."""
+    path = bundled_dir("checkpoints") / BUNDLED_MODEL
+    if not path.is_file():
+        raise FomError(f"no checkpoint given and the bundled model ({BUNDLED_MODEL}) is not installed: pass "
+                       "--checkpoint PATH, e.g. the original vox-cpk.pth.tar from the First Order Motion Model "
+                       "project (see README)")
+    return path
 
 
 def _strip_module_prefix(state_dict):
@@ -71,24 +85,16 @@ def read_checkpoint(path):
 
 
 def save_checkpoint(path, checkpoint):
-    """Write atomically: a crash or a kill mid-write leaves the previous file intact."""
+    """Write atomically: a crash, a kill or a full disk mid-write leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
+
+    def write(temporary):
+        with open(temporary, "wb") as file:
             torch.save(checkpoint, file)
             file.flush()
             os.fsync(file.fileno())
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    write_bytes_with(path, write)
 
 
 def make_checkpoint(config, networks, **extra):

@@ -1,29 +1,35 @@
-"""The `fom` command: one argparse entry point, one sub-command per job.
+"""The `fom` command: one argparse entry point, one sub-command per job, and the one error boundary.
 
-Each sub-command lives in its own module, which exposes `configure_parser(parser)` (its options, next to
-the code that uses them) and `run(args) -> int`. This file only wires them together and turns errors the
-user can fix (FomError) into one line on stderr and exit code 2.
+Each sub-command lives in its own module under fom_cli/commands/, which exposes
+`configure_parser(parser)` (its options) and `run(args) -> int`. Only the module of the command being
+run is imported, so `fom --help` and `fom --version` start without importing torch.
+
+Errors the user can fix (FomError) become one line "fom: error: ..." and exit code 2; Ctrl-C and SIGTERM
+stop cleanly (every output still being written is removed) with 130 and 143. FOM_TRACEBACK=1 shows the
+full trace of an unexpected error, for bug reports.
 """
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from fom_cli import __version__
 from fom_cli.errors import FomError
+from fom_cli.media.files import discard_all_temporaries
 
-# command name -> (module, one-line help). Modules are imported only when their command runs or when
-# the parser is built, so `fom --help` stays fast enough.
+# command name -> one-line help. The module is fom_cli.commands.<name with _ for ->.
 COMMANDS = {
-    "animate": ("fom_cli.animate", "animate source images with the motion of driving videos"),
-    "batch": ("fom_cli.batch", "run many animation jobs from a CSV file with the model loaded once"),
-    "crop": ("fom_cli.crop", "find faces in photos and videos and write square, model-ready crops"),
-    "train": ("fom_cli.training.trainer", "train a model on videos (torchrun for several GPUs or machines)"),
-    "reconstruct": ("fom_cli.evaluation", "reconstruct test videos from their first frame and measure the error"),
-    "evaluate-synth": ("fom_cli.synth_quality", "animation quality against ground truth on held-out synth pairs"),
-    "synth": ("fom_cli.training.synth", "render procedural cartoon-face videos (tests, smoke training, demo model)"),
-    "export": ("fom_cli.export", "slim a training checkpoint to the generator, keypoint detector and config"),
-    "bench": ("fom_cli.bench", "measure animation speed and memory (frames/s, GFLOP, peak RSS), JSON out"),
+    "animate": "animate source images with the motion of driving videos",
+    "batch": "run many animation jobs from a CSV file with the model loaded once",
+    "crop": "find faces in photos and videos and write square, model-ready crops",
+    "train": "train a model on videos (torchrun for several GPUs or machines)",
+    "reconstruct": "reconstruct test videos from their first frame and measure the error",
+    "evaluate-synth": "animation quality against ground truth on held-out synth pairs",
+    "synth": "render procedural cartoon-face videos (tests, smoke training, demo model)",
+    "export": "slim a training checkpoint to the generator, keypoint detector and config",
+    "bench": "measure animation speed and memory (frames/s, GFLOP, peak RSS), JSON out",
 }
 
 
@@ -34,23 +40,42 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"fom: error: {message}\n")
 
 
-def build_parser():
+def command_module(name):
+    return importlib.import_module(f"fom_cli.commands.{name.replace('-', '_')}")
+
+
+def build_parser(argv=()):
+    """The parser, with the options of only the command named in `argv` (none for `fom --help`)."""
     parser = _Parser(prog="fom", description="Bring a still image to life with the First Order Motion Model.")
     parser.add_argument("--version", action="version", version=f"fom {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    subparsers.required = True
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, help_text in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.configure_parser(sub)
-        sub.set_defaults(_run=module.run)
+        if name == chosen:
+            module = command_module(name)
+            sub.description = (module.__doc__ or help_text).strip()
+            module.configure_parser(sub)
+            sub.set_defaults(_run=module.run)
     return parser
 
 
+def _stop_on_sigterm(signum, frame):
+    # Raised in the main thread, so the with-blocks that write outputs see it and clean up, as on Ctrl-C.
+    raise SystemExit(143)
+
+
 def main(argv=None):
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:  # signal handlers can only be set there (tests may call main() from another thread)
+        previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return args._run(args) or 0
     except FomError as error:
@@ -60,3 +85,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fom: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exit:
+        if exit.code == 143:
+            print("fom: stopped (SIGTERM)", file=sys.stderr)
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
+        discard_all_temporaries()

@@ -21,3 +21,9 @@ class BadCheckpoint(FomError):
 
 class BadOutput(FomError):
     """An output path that cannot be written."""
+
+
+def first_line(error) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fom_cli.errors import BadInput
-from fom_cli.media import resize, to_uint8
+from fom_cli.media.images import resize, to_uint8
 
 DETECTORS = ("dlib", "sfd", "auto")
 

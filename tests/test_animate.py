@@ -10,7 +10,7 @@ import pytest
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, carphone_path, driving_frames, make_clip, run_cli
 from fom_cli.animation import Animator, load_model
 from fom_cli.config import load_config
-from fom_cli.media import probe
+from fom_cli.media.video_in import probe
 
 SOURCE = PARITY / "small-source.png"
 DRIVING_DIR = PARITY / "small-driving"

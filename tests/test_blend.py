@@ -8,7 +8,7 @@ import yaml
 
 from conftest import run_cli
 from fom_cli.animation import Animator
-from fom_cli.bench import pipeline_animation, random_networks, straightforward_animation, synthetic_frames
+from fom_cli.commands.bench import pipeline_animation, random_networks, straightforward_animation, synthetic_frames
 from fom_cli.config import load_config, validate, without_private_keys
 from fom_cli.errors import BadConfig
 from fom_cli.models import build_generator

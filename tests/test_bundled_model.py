@@ -14,11 +14,11 @@ import torch
 
 import fom_cli
 from conftest import run_cli
-from fom_cli.animate import default_checkpoint
+from fom_cli.checkpoint import default_checkpoint
 from fom_cli.animation import load_model
 from fom_cli.checkpoint import read_checkpoint
 from fom_cli.config import config_name
-from fom_cli.media import probe
+from fom_cli.media.video_in import probe
 from fom_cli.samples import make_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,9 +103,9 @@ def test_reconstruction_defaults_to_the_bundled_model(tmp_path, capsys, monkeypa
 
 
 def test_without_the_bundled_model_the_error_says_where_to_get_one(tmp_path, capsys, monkeypatch):
-    import fom_cli.animate
+    import fom_cli.checkpoint
 
-    monkeypatch.setattr(fom_cli.animate, "bundled_dir", lambda name: tmp_path / "empty")
+    monkeypatch.setattr(fom_cli.checkpoint, "bundled_dir", lambda name: tmp_path / "empty")
     output = tmp_path / "out.mp4"
     code, _, err = run_cli(["animate", SAMPLES / "toon-1.png", SAMPLES / "drive-move.mp4", "-o", output, "--quiet"],
                            capsys)

@@ -17,7 +17,12 @@ import numpy as np
 import pytest
 from skimage import data
 
-from fom_cli import crop, faces, media
+from fom_cli import faces
+from fom_cli.compositing import Window, cut, square_window
+from fom_cli.face_tracks import Tube, gaussian_smooth, link_tubes
+from fom_cli.media.images import resize
+from fom_cli.media.video_in import VideoReader, probe
+from fom_cli.media.video_out import VideoWriter
 from conftest import SMALL_CHECKPOINT, SMALL_CONFIG, run_cli
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
@@ -73,11 +78,11 @@ def face_head(image, box, size):
     centre_x, centre_y = (left + right) / 2, (top + bottom) / 2
     top_left = (round(centre_x - side / 2), round(centre_y - side / 2))
     head = image[max(top_left[1], 0):top_left[1] + round(side), max(top_left[0], 0):top_left[0] + round(side)]
-    return np.round(media.resize(head, (size, size)) * 255).astype(np.uint8)
+    return np.round(resize(head, (size, size)) * 255).astype(np.uint8)
 
 
 def read_frames(path):
-    return [frame for frame in media.VideoReader(path).frames()]
+    return [frame for frame in VideoReader(path).frames()]
 
 
 def audio_samples(path, rate=8000):
@@ -94,19 +99,19 @@ def loudness(samples):
 # --- crop windows and tubes (pure logic) -----------------------------------------------------------------
 
 def test_window_is_the_original_square_with_a_margin():
-    window = crop.square_window((100, 100, 200, 180), increase=0.1, frame_height=500, frame_width=500)
+    window = square_window((100, 100, 200, 180), increase=0.1, frame_height=500, frame_width=500)
     assert window.side == 120  # (1 + 2 * 0.1) * the longer side
     assert window.box == (90, 80, 210, 200)  # centred on the box
 
 
 def test_window_slides_into_the_frame_rather_than_shrinking():
-    window = crop.square_window((0, 350, 80, 400), increase=0.5, frame_height=400, frame_width=600)
+    window = square_window((0, 350, 80, 400), increase=0.5, frame_height=400, frame_width=600)
     assert window.side == 160
     assert window.box == (0, 240, 160, 400)
 
 
 def test_window_larger_than_the_frame_covers_it():
-    window = crop.square_window((10, 10, 90, 90), increase=0.5, frame_height=100, frame_width=300)
+    window = square_window((10, 10, 90, 90), increase=0.5, frame_height=100, frame_width=300)
     assert window.side == 160
     assert window.top == -30  # the 100 px tall frame sits in the middle of the 160 px square
     assert 0 <= window.left <= 300 - 160
@@ -114,8 +119,8 @@ def test_window_larger_than_the_frame_covers_it():
 
 def test_cut_pads_with_black_only_outside_the_frame():
     frame = np.full((100, 300, 3), 200, dtype=np.uint8)
-    window = crop.Window(left=50, top=-30, side=160)
-    square = crop.cut(frame, window, size=160)
+    window = Window(left=50, top=-30, side=160)
+    square = cut(frame, window, size=160)
     assert square.shape == (160, 160, 3)
     assert (square[:28] == 0).all() and (square[-28:] == 0).all()
     assert (square[32:128] == 200).all()
@@ -128,14 +133,14 @@ def face_at(left, top, size=50, score=1.0):
 def test_tubes_survive_short_misses_and_end_after_long_ones():
     detections = [(frame, [face_at(100, 100)] if not 10 <= frame < 14 and not 40 <= frame < 70 else [])
                   for frame in range(100)]
-    tubes = crop.link_tubes(detections, iou_threshold=0.25, max_gap=15, follow_face=False)
+    tubes = link_tubes(detections, iou_threshold=0.25, max_gap=15, follow_face=False)
     assert [(tube.first_frame, tube.frames[-1]) for tube in tubes] == [(0, 39), (70, 99)]
 
 
 def test_fixed_tubes_compare_with_the_first_box_moving_tubes_with_the_latest():
     moving = [(frame, [face_at(100 + 5 * frame, 100)]) for frame in range(30)]
-    fixed = crop.link_tubes(moving, iou_threshold=0.25, max_gap=15, follow_face=False)
-    followed = crop.link_tubes(moving, iou_threshold=0.25, max_gap=15, follow_face=True)
+    fixed = link_tubes(moving, iou_threshold=0.25, max_gap=15, follow_face=False)
+    followed = link_tubes(moving, iou_threshold=0.25, max_gap=15, follow_face=True)
     assert len(fixed) > 1  # the face left its first box: a fixed window cannot hold it
     assert len(followed) == 1 and len(followed[0].frames) == 30
 
@@ -143,21 +148,21 @@ def test_fixed_tubes_compare_with_the_first_box_moving_tubes_with_the_latest():
 def test_each_face_keeps_its_own_tube():
     detections = [(frame, [face_at(300, 100), face_at(100, 100)] if frame >= 5 else [face_at(100, 100)])
                   for frame in range(20)]
-    tubes = crop.link_tubes(detections, iou_threshold=0.25, max_gap=15, follow_face=False)
+    tubes = link_tubes(detections, iou_threshold=0.25, max_gap=15, follow_face=False)
     assert [(tube.first_frame, tube.boxes[0][0], len(tube.frames)) for tube in tubes] == [(0, 100, 20), (5, 300, 15)]
 
 
 def test_boxes_between_detections_are_interpolated_then_carried():
-    tube = crop.Tube(frames=[0, 4], boxes=[(0, 0, 10, 10), (8, 0, 18, 10)])
+    tube = Tube(frames=[0, 4], boxes=[(0, 0, 10, 10), (8, 0, 18, 10)])
     boxes = tube.boxes_per_frame(last_frame=6)
     assert boxes[:, 0].tolist() == [0, 2, 4, 6, 8, 8, 8]
 
 
 def test_smoothing_keeps_constants_and_calms_jitter():
     constant = np.full((20, 3), 7.0)
-    assert np.allclose(crop.gaussian_smooth(constant, 3), constant)
+    assert np.allclose(gaussian_smooth(constant, 3), constant)
     jitter = np.array([0.0, 10.0] * 20)[:, None]
-    assert np.ptp(crop.gaussian_smooth(jitter, 3)[5:-5]) < 1.0
+    assert np.ptp(gaussian_smooth(jitter, 3)[5:-5]) < 1.0
 
 
 # --- photos ----------------------------------------------------------------------------------------------
@@ -240,7 +245,7 @@ def test_carphone_becomes_one_square_clip(tmp_path, capsys):
     assert Path(record["output"]) == tmp_path / "carphone_pristine_1.mp4"
     assert record["first_frame"] == 0 and record["last_frame"] >= 110
     assert record["fps"] == pytest.approx(29.97, abs=0.01)
-    clip = media.probe(record["output"])
+    clip = probe(record["output"])
     assert clip.size == (96, 96)
     assert clip.num_frames == record["last_frame"] - record["first_frame"] + 1
     assert clip.fps == pytest.approx(record["fps"], abs=0.01)
@@ -265,7 +270,7 @@ def two_faces_video(tmp_path_factory):
     astronaut = face_head(data.astronaut(), (175, 66, 272, 170), 100)
     grace = face_head(imageio.imread(GRACE_HOPPER), (181, 140, 367, 326), 100)
     silent = directory / "silent.mp4"
-    with media.VideoWriter(silent, fps=COMPOSED_FPS) as writer:
+    with VideoWriter(silent, fps=COMPOSED_FPS) as writer:
         for frame_index in range(COMPOSED_FRAMES):
             canvas = np.full((240, 400, 3), 110, dtype=np.uint8)
             x = round(160 * frame_index / (COMPOSED_FRAMES - 1))
@@ -322,7 +327,7 @@ def test_clips_keep_the_matching_audio(smooth_clips):
     _code, records, _err = smooth_clips
     rate = 8000
     for record in records:
-        clip = media.probe(record["output"])
+        clip = probe(record["output"])
         assert clip.has_audio
         samples = audio_samples(record["output"], rate)
         clip_seconds = (record["last_frame"] - record["first_frame"] + 1) / COMPOSED_FPS
@@ -370,7 +375,7 @@ def test_photo_without_a_face_among_others_still_fails(media_dir, tmp_path, caps
 @pytest.fixture(scope="module")
 def faceless_video(media_dir):
     path = media_dir / "coffee.mp4"
-    with media.VideoWriter(path, fps=10) as writer:
+    with VideoWriter(path, fps=10) as writer:
         for shift in range(10):
             writer.write(np.roll(data.coffee()[:240, :320], shift * 4, axis=1))
     return path
@@ -490,5 +495,5 @@ def test_crops_animate(media_dir, tmp_path, capsys):
                               "-o", tmp_path / "animated.mp4", "--checkpoint", SMALL_CHECKPOINT,
                               "--config", SMALL_CONFIG, "--quiet"], capsys)
     assert code == 0, err
-    animated, clip = media.probe(tmp_path / "animated.mp4"), media.probe(tmp_path / "carphone_pristine_1.mp4")
+    animated, clip = probe(tmp_path / "animated.mp4"), probe(tmp_path / "carphone_pristine_1.mp4")
     assert animated.size == (128, 128) and animated.num_frames == clip.num_frames >= 110

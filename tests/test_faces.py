@@ -9,7 +9,7 @@ import pytest
 from skimage import color, data
 
 from fom_cli import faces
-from fom_cli.media import resize
+from fom_cli.media.images import resize
 from fom_cli.errors import BadInput
 
 

@@ -14,10 +14,11 @@ import pytest
 import skimage.data
 import skimage.transform
 
-from fom_cli import media
+from fom_cli.media import video_in
 from fom_cli.errors import BadInput, BadOutput, FomError
-from fom_cli.media import (VideoReader, VideoWriter, aspect_ratio_differs, fit_frame, prefetch, probe,
-                           read_image)
+from fom_cli.media.images import aspect_ratio_differs, fit_frame, read_image
+from fom_cli.media.video_in import VideoReader, prefetch, probe
+from fom_cli.media.video_out import VideoWriter
 
 CLIP_FPS = 25
 CLIP_FRAMES = 50  # 2 seconds
@@ -461,15 +462,24 @@ def test_other_outputs_decode_back(clip, tmp_path, name):
     assert leftovers(tmp_path) == []
 
 
-def test_directory_output_replaces_old_frames(tmp_path):
+def test_frames_folder_is_never_mixed_with_other_files(tmp_path):
+    """A folder of frames replaces an earlier run's frames only with overwrite, atomically, and a folder
+    holding anything fom did not write (a user's 000500.png among their notes) is never touched."""
     output = tmp_path / "frames"
     output.mkdir()
     for index in range(5):
         iio.imwrite(output / f"{index:06d}.png", np.zeros((4, 4, 3), dtype=np.uint8))
-    (output / "keep.txt").write_text("not ours")
-    with VideoWriter(output, 25) as writer:
+    with pytest.raises(BadOutput, match="already holds frames; pass --overwrite"):
+        VideoWriter(output, 25)
+    with VideoWriter(output, 25, overwrite=True) as writer:
         for frame in numbered_frames(2, size=(8, 8)):
             writer.write(frame)
+    assert sorted(os.listdir(output)) == ["000000.png", "000001.png"]
+    assert iio.imread(output / "000000.png").shape == (8, 8, 3)
+
+    (output / "keep.txt").write_text("not ours")
+    with pytest.raises(BadOutput, match=r"holds files fom did not write \(keep.txt\)"):
+        VideoWriter(output, 25, overwrite=True)
     assert sorted(os.listdir(output)) == ["000000.png", "000001.png", "keep.txt"]
     assert leftovers(tmp_path) == []
 
@@ -526,6 +536,6 @@ def test_streaming_many_frames_keeps_the_reader_bounded(tmp_path):
                 time.sleep(0.02)  # let the decoder fill its queue
             furthest_ahead = max(furthest_ahead, reader.frames_decoded - consumed)
             writer.write(frame)
-    assert furthest_ahead <= media.QUEUE_SIZE + 1
+    assert furthest_ahead <= video_in.QUEUE_SIZE + 1
     assert writer.frames_written == 300
     assert probe(tmp_path / "copy.mp4").num_frames == 300

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from fom_cli.errors import FomError
+from fom_cli.commands import synth as synth_command
 from fom_cli.training import synth
+from fom_cli.training import synth_dataset
+from fom_cli.training.synth_dataset import write_dataset
 
 
 def write(path, videos=3, frames=3, size=32, seed=0, test_videos=1):
-    return synth.write_dataset(path, videos=videos, frames=frames, size=size, seed=seed,
+    return write_dataset(path, videos=videos, frames=frames, size=size, seed=seed,
                                test_videos=test_videos, quiet=True)
 
 
@@ -33,7 +36,7 @@ def test_same_seed_gives_identical_files(tmp_path):
 
 def test_any_number_of_workers_writes_the_same_files(tmp_path):
     write(tmp_path / "one", videos=4, test_videos=2)
-    synth.write_dataset(tmp_path / "three", videos=4, frames=3, size=32, seed=0, test_videos=2, quiet=True,
+    write_dataset(tmp_path / "three", videos=4, frames=3, size=32, seed=0, test_videos=2, quiet=True,
                         workers=3)
     assert len(all_files(tmp_path / "one")) == 18
     assert all_files(tmp_path / "one") == all_files(tmp_path / "three")
@@ -125,7 +128,7 @@ def test_motion_is_a_smooth_random_performance():
 def test_bad_arguments(tmp_path, change, message):
     arguments = dict(videos=2, frames=2, size=32, seed=0, test_videos=1) | change
     with pytest.raises(FomError, match=message) as error:
-        synth.write_dataset(tmp_path / "data", quiet=True, **arguments)
+        write_dataset(tmp_path / "data", quiet=True, **arguments)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "data").exists()
 
@@ -150,7 +153,7 @@ def test_a_crash_leaves_no_data_set(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_render(*args)
 
-    monkeypatch.setattr(synth, "render_video", render_then_fail)
+    monkeypatch.setattr(synth_dataset, "render_video", render_then_fail)
     with pytest.raises(KeyboardInterrupt):
         write(tmp_path / "data")
     assert list(tmp_path.iterdir()) == []
@@ -158,15 +161,15 @@ def test_a_crash_leaves_no_data_set(tmp_path, monkeypatch):
 
 def test_command(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    synth.configure_parser(parser)
+    synth_command.configure_parser(parser)
     args = parser.parse_args(["--out", str(tmp_path / "data"), "--videos", "2", "--frames", "2",
                               "--size", "32", "--seed", "1", "--test-videos", "1"])
-    assert synth.run(args) == 0
+    assert synth_command.run(args) == 0
     assert "wrote 2 train and 1 test videos" in capsys.readouterr().out
     assert len(list((tmp_path / "data" / "train").iterdir())) == 2
 
 
 def test_command_is_registered():
-    from fom_cli.cli import COMMANDS
+    from fom_cli.cli import COMMANDS, command_module
 
-    assert COMMANDS["synth"][0] == "fom_cli.training.synth"
+    assert "synth" in COMMANDS and command_module("synth") is synth_command

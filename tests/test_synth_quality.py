@@ -6,7 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 
 from conftest import SMALL_CHECKPOINT, SMALL_CONFIG, run_cli
-from fom_cli.synth_quality import synth_pair
+from fom_cli.evaluation.synthetic import synth_pair
 from fom_cli.training.synth import render_video, sample_identity, sample_motion
 
 

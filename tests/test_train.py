@@ -24,9 +24,13 @@ from conftest import SMALL_CHECKPOINT, SMALL_CONFIG, run_cli
 from fom_cli.animation import load_model
 from fom_cli.checkpoint import read_checkpoint
 from fom_cli.config import bundled_dir, load_config
-from fom_cli.evaluation import l1_distance, reconstruct_video
+from fom_cli.evaluation.reconstruction import l1_distance, reconstruct_video
 from fom_cli.models import build_discriminator, build_generator, build_keypoint_detector
-from fom_cli.training import trainer
+from fom_cli.commands import train as train_command
+from fom_cli.errors import FomError
+from fom_cli.training.distributed import CpuSyncBatchNorm, synchronise_batch_norm
+from fom_cli.training.loop import train
+from fom_cli.training.run_log import RunLog
 from fom_cli.training.data import FramesDataset
 
 TOY_CONFIG = bundled_dir("configs") / "toy-64.yaml"
@@ -47,7 +51,7 @@ def synth_data(tmp_path_factory):
 
 def train_args(*argv):
     parser = argparse.ArgumentParser()
-    trainer.configure_parser(parser)
+    train_command.configure_parser(parser)
     return parser.parse_args([str(arg) for arg in argv])
 
 
@@ -79,7 +83,7 @@ def test_training_on_synth_faces_lowers_the_reconstruction_error(synth_data, tmp
     untrained = held_out_l1(kp_detector.eval(), generator.eval(), synth_data)
 
     out = tmp_path / "run"
-    summary = trainer.train(train_args("--config", TOY_CONFIG, "--data", synth_data, "--out", out, "--epochs", 3,
+    summary = train(train_args("--config", TOY_CONFIG, "--data", synth_data, "--out", out, "--epochs", 3,
                                        "--num-repeats", 10, "--workers", 0, "--no-perceptual", "--quiet"))
     assert len(summary["losses"]) == 3 * 20   # 16 videos x 10 repeats / batch 8, three epochs
     _, kp_detector, generator, _ = load_model(out / "checkpoint.pth.tar")   # the checkpoint's own config
@@ -114,10 +118,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(synth_data, tmp_path
     config = gan_config(tmp_path)
     common = ("--config", config, "--data", synth_data, "--num-repeats", 1, "--batch-size", 4, "--workers", 0,
               "--no-perceptual", "--quiet")
-    straight = trainer.train(train_args(*common, "--epochs", 2, "--out", tmp_path / "straight"))
-    first = trainer.train(train_args(*common, "--epochs", 1, "--out", tmp_path / "split"))
+    straight = train(train_args(*common, "--epochs", 2, "--out", tmp_path / "straight"))
+    first = train(train_args(*common, "--epochs", 1, "--out", tmp_path / "split"))
     # --resume alone finds the config in the checkpoint and the run folder next to it.
-    second = trainer.train(train_args("--resume", tmp_path / "split" / "checkpoint.pth.tar", "--epochs", 2,
+    second = train(train_args("--resume", tmp_path / "split" / "checkpoint.pth.tar", "--epochs", 2,
                                       "--workers", 0, "--no-perceptual", "--quiet"))
     assert len(straight["losses"]) == 8 and "disc_gan" in straight["losses"][0]
     assert first["losses"] + second["losses"] == straight["losses"]   # exactly, every loss of every iteration
@@ -128,8 +132,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(synth_data, tmp_path
     log = (tmp_path / "split" / "log.txt").read_text()
     assert "00000000)" in log and "00000001)" in log
 
-    with pytest.raises(trainer.FomError, match="already trained 2 of 2 epochs"):
-        trainer.train(train_args("--resume", tmp_path / "split" / "checkpoint.pth.tar", "--workers", 0,
+    with pytest.raises(FomError, match="already trained 2 of 2 epochs"):
+        train(train_args("--resume", tmp_path / "split" / "checkpoint.pth.tar", "--workers", 0,
                                  "--no-perceptual", "--quiet"))
 
 
@@ -137,7 +141,7 @@ def test_kept_checkpoints_export_as_their_average(synth_data, tmp_path, capsys):
     config = yaml.safe_load(TOY_CONFIG.read_text())
     config["train_params"]["checkpoint_freq"] = 1
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
-    summary = trainer.train(train_args("--config", tmp_path / "toy.yaml", "--data", synth_data, "--num-repeats", 1,
+    summary = train(train_args("--config", tmp_path / "toy.yaml", "--data", synth_data, "--num-repeats", 1,
                                        "--batch-size", 4, "--workers", 0, "--no-perceptual", "--quiet", "--epochs", 2,
                                        "--keep-checkpoints", "--out", tmp_path / "run"))
     run = summary["out_dir"]
@@ -179,7 +183,7 @@ def test_init_and_resume_from_an_original_checkpoint(synth_data, tmp_path):
     config = yaml.safe_load(SMALL_CONFIG.read_text())
     config["train_params"].update(lr_generator=0, lr_discriminator=0, lr_kp_detector=0)
     frozen.write_text(yaml.safe_dump(config))
-    summary = trainer.train(train_args("--config", frozen, *common[2:], "--init", SMALL_CHECKPOINT, "--epochs", 1,
+    summary = train(train_args("--config", frozen, *common[2:], "--init", SMALL_CHECKPOINT, "--epochs", 1,
                                        "--out", tmp_path / "init"))
     assert summary["epochs"] == (0, 1) and len(summary["losses"]) == 2
     for name in ("generator", "kp_detector", "discriminator"):
@@ -189,7 +193,7 @@ def test_init_and_resume_from_an_original_checkpoint(synth_data, tmp_path):
     assert "optimizer_kp_detector" not in read_checkpoint(tmp_path / "init" / "checkpoint.pth.tar")
 
     # --resume: the original's optimiser states, and epoch 3 done, so training continues at epoch 4.
-    summary = trainer.train(train_args(*common, "--resume", SMALL_CHECKPOINT, "--epochs", 5, "--out",
+    summary = train(train_args(*common, "--resume", SMALL_CHECKPOINT, "--epochs", 5, "--out",
                                        tmp_path / "resumed"))
     assert summary["epochs"] == (4, 5) and len(summary["losses"]) == 2
     assert read_checkpoint(tmp_path / "resumed" / "checkpoint.pth.tar")["epoch"] == 4
@@ -204,7 +208,7 @@ def test_init_adds_a_blend_mask_to_a_generator_that_had_none(synth_data, tmp_pat
     config["train_params"].update(lr_generator=1e-3, lr_discriminator=0, lr_kp_detector=0)
     path = tmp_path / "small-blend.yaml"
     path.write_text(yaml.safe_dump(config))
-    summary = trainer.train(train_args("--config", path, "--data", synth_data, "--num-repeats", 1, "--batch-size", 8,
+    summary = train(train_args("--config", path, "--data", synth_data, "--num-repeats", 1, "--batch-size", 8,
                                        "--workers", 0, "--quiet", "--init", SMALL_CHECKPOINT, "--epochs", 1,
                                        "--out", tmp_path / "blend"))
     log = (tmp_path / "blend" / "log.txt").read_text()
@@ -228,7 +232,7 @@ def _ddp_worker(rank, port, argv, results):
     try:
         torch.distributed.init_process_group("gloo")
         batch_norm = sync_batch_norm_differences(rank)
-        summary = trainer.train(train_args(*argv[rank]))
+        summary = train(train_args(*argv[rank]))
         # As numpy arrays: tensors would travel as shared memory that vanishes when this process ends.
         weights = {f"{name}.{key}": value.detach().numpy().copy() for name, module in summary["networks"].items()
                    for key, value in module.state_dict().items()}
@@ -250,8 +254,8 @@ def sync_batch_norm_differences(rank):
     with torch.no_grad():
         reference.weight.uniform_(0.5, 1.5, generator=generator)
         reference.bias.normal_(generator=generator)
-    synced = trainer.synchronise_batch_norm(torch.nn.Sequential(copy.deepcopy(reference)), torch.device("cpu"))[0]
-    assert type(synced) is trainer.CpuSyncBatchNorm
+    synced = synchronise_batch_norm(torch.nn.Sequential(copy.deepcopy(reference)), torch.device("cpu"))[0]
+    assert type(synced) is CpuSyncBatchNorm
 
     whole = batch.clone().requires_grad_(True)
     expected = reference(whole)
@@ -357,7 +361,7 @@ def test_missing_vgg_weights_stop_before_training(synth_data, tmp_path, monkeypa
 @pytest.mark.parametrize("argv, message", [
     ([], "fom train needs --config"),
     (["--config", TOY_CONFIG, "--data", "/nonexistent/data"], "does not exist"),
-    (["--config", TOY_CONFIG, "--epochs", 0], "--epochs must be 1 or more"),
+    (["--config", TOY_CONFIG, "--epochs", 0], "argument --epochs: invalid positive integer value: '0'"),
     (["--config", SMALL_CONFIG, "--batch-size", 4], "no training data: pass --data"),
     (["--config", SMALL_CONFIG, "--data", "x"], "no train_params.batch_size (pass --batch-size)"),
     (["--config", TOY_CONFIG, "--resume", "/nonexistent.pth.tar"], "does not exist"),
@@ -385,7 +389,7 @@ def test_tensorboard_scalars_when_the_package_is_there(tmp_path, monkeypatch):
             pass
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
-    log = trainer.RunLog(tmp_path / "run", load_config(TOY_CONFIG), quiet=True)
+    log = RunLog(tmp_path / "run", load_config(TOY_CONFIG), quiet=True)
     images = torch.rand(2, 3, 64, 64)
     keypoints = {"value": torch.rand(2, 10, 2) * 2 - 1}
     generated = {"kp_source": keypoints, "kp_driving": keypoints, "deformed": images, "prediction": images,

@@ -20,7 +20,8 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from fom_cli.media import VideoWriter, write_image
+from fom_cli.media.images import write_image
+from fom_cli.media.video_out import VideoWriter
 from fom_cli.training.synth import Motion, render_frame, render_video, sample_identity, sample_motion
 
 SAMPLE_SEED = 7_000_007

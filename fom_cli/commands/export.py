@@ -26,6 +26,7 @@ from fom_cli.checkpoint import infer_config, load_state, read_checkpoint, save_c
 from fom_cli.config import config_name, load_config, without_private_keys
 from fom_cli.errors import BadOutput
 from fom_cli.models import build_generator, build_keypoint_detector
+from fom_cli.options import add_config, add_quiet
 
 
 def configure_parser(parser):
@@ -33,9 +34,8 @@ def configure_parser(parser):
                         help="a checkpoint from `fom train` or an original FOMM one; several of one run: their "
                              "weights are averaged")
     parser.add_argument("-o", "--output", required=True, metavar="PATH", help="the slim checkpoint to write")
-    parser.add_argument("--config", help="config name or YAML path (default: the checkpoint's own, or the "
-                                         "bundled config whose tensor shapes match)")
-    parser.add_argument("--quiet", action="store_true", help="no summary line")
+    add_config(parser)
+    add_quiet(parser, "no summary line")
 
 
 def run(args):

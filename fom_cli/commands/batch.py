@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from fom_cli.animate import add_animation_options, animate_pair, check_driving, check_options, check_source, \
-    load_requested_model
 from fom_cli.errors import FomError
+from fom_cli.options import add_animation_options, non_negative_int, positive_float
+from fom_cli.pipeline import animate_pair, check_driving, check_source, load_requested_model
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
 
@@ -44,8 +44,8 @@ def choice(*allowed):
 
 # column -> parser of its cells; the names are those of `fom animate`'s options.
 JOB_OPTIONS = {
-    "mode": choice("relative", "absolute"), "adapt_scale": boolean, "best_frame": int,
-    "find_best_frame": boolean, "fit": choice("crop", "pad", "stretch"), "fps": float,
+    "mode": choice("relative", "absolute"), "adapt_scale": boolean, "best_frame": non_negative_int,
+    "find_best_frame": boolean, "fit": choice("crop", "pad", "stretch"), "fps": positive_float,
     "no_audio": boolean, "side_by_side": boolean,
 }
 
@@ -114,7 +114,6 @@ def read_jobs(path, defaults):
 
 def run(args):
     shard_index, shard_count = parse_shard(args.shard)
-    check_options(args)
     jobs = read_jobs(args.jobs, args)
     jobs = [job for i, job in enumerate(jobs) if i % shard_count == shard_index]
     model = load_requested_model(args)

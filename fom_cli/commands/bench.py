@@ -15,7 +15,6 @@ CPU's int8 matrix units: `int8_split_convolutions` counts them), and peak RSS. `
 
 import argparse
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -25,34 +24,34 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from fom_cli.animation import (Animator, compile_networks, default_batch_size, movement_scale, pick_device,
+from fom_cli.animation import (AUTOCAST_DTYPES, Animator, compile_networks, default_batch_size, movement_scale, pick_device,
                                relative_motion, to_tensor)
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import FomError
 from fom_cli.models import build_generator, build_keypoint_detector
-from fom_cli.media import to_uint8
+from fom_cli.media.images import write_image
+from fom_cli.media.video_in import probe
 from fom_cli.models.inference import Int8SplitConv, optimize_for_inference
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from fom_cli.options import add_batch_size, add_config, add_device, add_precision, add_quiet, positive_int
+from fom_cli.pipeline import animate_pair
 
 
 def configure_parser(parser):
     parser.add_argument("what", choices=["animate"], help="what to measure")
-    parser.add_argument("--config", default="vox-256", help="config name or YAML path (default vox-256)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--size", type=int, help="frame size in pixels (default: the config's)")
-    parser.add_argument("--frames", type=int, default=8, help="driving frames to time (default 8)")
-    parser.add_argument("--batch-size", type=int, help="fom pipeline batch (default 8 on CPU, 32 on CUDA)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                        help="autocast precision of the networks in fom's pipeline (default fp32)")
+    add_config(parser, "config name or YAML path (default vox-256)", default="vox-256")
+    add_device(parser, default="cpu")
+    parser.add_argument("--size", type=positive_int, help="frame size in pixels (default: the config's)")
+    parser.add_argument("--frames", type=positive_int, default=8, help="driving frames to time (default 8)")
+    add_batch_size(parser, "fom pipeline batch (default 8 on CPU, 32 on CUDA)")
+    add_precision(parser, "autocast precision of the networks in fom's pipeline (default fp32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the pipeline's networks")
     parser.add_argument("--no-baseline", action="store_true", help="skip the straightforward path")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=positive_int, default=3,
                         help="timed runs of each path, taking turns; the fastest counts (default 3)")
     parser.add_argument("--video", help="time the whole `fom animate` path on this driving video instead")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (with --video)")
+    add_quiet(parser, "no progress bar (with --video)")
 
 
 def randomize_(network, generator):
@@ -84,6 +83,8 @@ def synthetic_frames(count, size, seed):
 
 
 def peak_rss_mib():
+    import resource  # POSIX only: imported here so that the CLI itself imports on any OS
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -216,7 +217,7 @@ def bench_pipeline(args, config, device):
         report["max_abs_difference"] = float(np.abs(fast - slow).max())
         report["gflop_per_frame"] = gflop_per_frame(kp_detector, generator, source, driving[0], device)
 
-    report["conv_gflops_per_s"] = conv_throughput_gflops(device, dtype=PRECISIONS[args.precision])
+    report["conv_gflops_per_s"] = conv_throughput_gflops(device, dtype=AUTOCAST_DTYPES[args.precision])
     if report["pipeline_gflop_per_frame"]:
         achieved = report["pipeline_gflop_per_frame"] * report["pipeline_fps"]
         report["pipeline_gflops_per_s"] = achieved
@@ -229,8 +230,6 @@ def bench_pipeline(args, config, device):
 
 def bench_video(args, config, device):
     """The whole `fom animate` path on a real driving video, with random weights."""
-    from fom_cli.animate import animate_pair
-
     kp_detector, generator = random_networks(config, args.seed)
     prepack = device.type == "cpu" and args.precision == "fp32" and not args.compile   # as load_model does
     kp_detector = optimize_for_inference(kp_detector.to(device), inplace=True, prepack=prepack)
@@ -241,8 +240,7 @@ def bench_video(args, config, device):
     source = synthetic_frames(1, size, args.seed)[0]
     with tempfile.TemporaryDirectory() as folder:
         source_path = Path(folder) / "source.png"
-        import imageio.v3 as iio
-        iio.imwrite(source_path, to_uint8(source))
+        write_image(source_path, source)
         options = argparse.Namespace(mode="relative", adapt_scale=True, best_frame=None, find_best_frame=False,
                                      fit="crop", fps=None, no_audio=False, side_by_side=False, quiet=args.quiet,
                                      batch_size=args.batch_size, precision=args.precision)
@@ -250,15 +248,12 @@ def bench_video(args, config, device):
         start = time.perf_counter()
         animate_pair((config, kp_detector, generator), source_path, Path(args.video), output, options)
         seconds = time.perf_counter() - start
-        from fom_cli.media import probe
         frames = probe(output).num_frames
     return {"config": config["_name"], "device": str(device), "video": args.video, "frames": frames,
             "seconds": seconds, "fps": frames / seconds, "peak_rss_mib": peak_rss_mib()}
 
 
 def run(args):
-    if args.frames < 1 or args.repeats < 1:
-        raise FomError("--frames and --repeats must be at least 1")
     device = pick_device(args.device)
     config = load_config(args.config)
     if args.precision != "fp32" and device.type == "cpu" and args.precision == "fp16":

@@ -1,0 +1,129 @@
+"""The options several commands share, each defined once here with its checks.
+
+argparse turns a value its type function rejects into the one-line usage error "fom: error: argument
+--batch-size: invalid positive integer value: '0'" with exit code 2, so checks that need only the value
+itself live in the type functions below. Nothing here imports torch: `fom --help` stays fast.
+"""
+
+import argparse
+import math
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+# --- value types ------------------------------------------------------------------------------------------
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a non-negative integer, not {text!r}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or math.isinf(value):  # also rejects nan
+        raise ValueError(f"expected a non-negative number, not {text!r}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"expected a positive number, not {text!r}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise ValueError(f"expected a number from 0 to 1, not {text!r}")
+    return value
+
+
+# argparse names the expected kind in its "invalid ... value" message after the type function's name.
+positive_int.__name__ = "positive integer"
+non_negative_int.__name__ = "non-negative integer"
+non_negative_float.__name__ = "non-negative number"
+positive_float.__name__ = "positive number"
+fraction.__name__ = "number from 0 to 1"
+
+
+# --- shared options -----------------------------------------------------------------------------------------
+
+def add_checkpoint(parser, help_text="checkpoint file: an original FOMM one (vox-cpk.pth.tar, ...) or one fom "
+                                     "trained (default: the bundled model)", **kwargs):
+    parser.add_argument("--checkpoint", metavar="CHECKPOINT", help=help_text, **kwargs)
+
+
+def add_config(parser, help_text="config name (vox-256, taichi-256, ...) or YAML path; default: the "
+                                 "checkpoint's own, or the bundled config matching its tensor shapes",
+               default=None):
+    parser.add_argument("--config", default=default, help=help_text)
+
+
+def add_device(parser, default="auto"):
+    help_text = "auto (CUDA when available), cpu, cuda or cuda:N" if default == "auto" else "cpu, cuda or cuda:N"
+    parser.add_argument("--device", default=default, help=f"{help_text} (default {default})")
+
+
+def add_batch_size(parser, help_text="driving frames per forward pass (default: 8 on CPU, 32 on CUDA)"):
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help=help_text)
+
+
+def add_precision(parser, help_text="network precision (default fp32); bf16/fp16 autocast the convolutions "
+                                    "while keypoints and sampling grids stay fp32"):
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=help_text)
+
+
+def add_quiet(parser, help_text="no progress bar or notes"):
+    parser.add_argument("-q", "--quiet", action="store_true", help=help_text)
+
+
+
+# --- the options of fom animate and fom batch -----------------------------------------------------------
+
+def add_animation_options(parser):
+    """The options shared by `fom animate` and `fom batch`."""
+    model = parser.add_argument_group("model")
+    add_checkpoint(model)
+    add_config(model)
+    model.add_argument("--align-corners", choices=("true", "false"), default=None,
+                       help="grid_sample convention: true = how the released checkpoints were trained (default, "
+                            "unless the config says otherwise); false = the original code on today's torch")
+    motion = parser.add_argument_group("motion")
+    motion.add_argument("--mode", choices=("relative", "absolute"), default="relative",
+                        help="relative: apply the driving motion since the start frame to the source's keypoints "
+                             "(default); absolute: use the driving keypoints as they are")
+    motion.add_argument("--adapt-scale", action=argparse.BooleanOptionalAction, default=True,
+                        help="scale relative motion by the size ratio of source and driving keypoint clouds "
+                             "(default: on)")
+    start = motion.add_mutually_exclusive_group()
+    start.add_argument("--best-frame", type=non_negative_int, metavar="N",
+                       help="driving frame N matches the source's pose: motion is measured from it")
+    start.add_argument("--find-best-frame", action="store_true",
+                       help="find the driving frame whose pose best matches the source (face landmarks when "
+                            "face-alignment's model is cached, else the model's own keypoints)")
+    media = parser.add_argument_group("frames and output")
+    media.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
+                       help="how frames of another aspect ratio are fitted to the model's frame: centre crop "
+                            "(default), pad with black, or stretch (the original's behaviour)")
+    media.add_argument("--fps", type=positive_float, help="output frame rate (default: the driving video's)")
+    media.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
+    media.add_argument("--side-by-side", action="store_true",
+                       help="write source | driving | result panels with keypoints drawn")
+    run = parser.add_argument_group("running")
+    add_device(run)
+    add_batch_size(run)
+    add_precision(run)
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the networks (pays off on GPUs for long or many videos: the first batch "
+                          "waits for compilation); falls back to plain PyTorch with a warning where it fails")
+    add_quiet(run)

@@ -1,0 +1,155 @@
+"""One source image and one driving video to one output file, streamed: the work behind `fom animate`
+and `fom batch`.
+
+The driving video streams through the networks in batches: memory does not grow with its length. The
+output keeps the driving video's frame rate and sound.
+"""
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fom_cli.animation import Animator, default_batch_size, load_model, pick_device, pose_distance
+from fom_cli.checkpoint import BUNDLED_MODEL, default_checkpoint
+from fom_cli.config import frame_size, load_config
+from fom_cli.drawing import draw_keypoints
+from fom_cli.errors import BadInput
+from fom_cli.faces import landmark_model
+from fom_cli.media.images import IMAGE_EXTENSIONS, aspect_ratio_differs, fit_frame, read_image, to_uint8
+from fom_cli.media.video_in import VIDEO_EXTENSIONS, VideoReader, prefetch
+from fom_cli.media.video_out import VideoWriter
+
+
+def check_source(path):
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"source image {path} does not exist")
+    if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise BadInput(f"source {path} is not an image ({', '.join(IMAGE_EXTENSIONS)})")
+    return path
+
+
+def check_driving(path):
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"driving video {path} does not exist")
+    if not path.is_dir() and path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise BadInput(f"driving input {path} is not a video ({', '.join(VIDEO_EXTENSIONS)}) "
+                       "or a directory of frames")
+    return path
+
+
+def batched(iterable, size):
+    iterator = iter(iterable)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def frame_at(reader, index, fit_size, fit):
+    for frame in reader.frames(start=index, stop=index + 1):
+        return fit_frame(frame, fit_size, fit)
+    raise BadInput(f"{reader.path} has no frame {index} (it has {reader.num_frames or 'fewer'} frames)")
+
+
+def find_best_frame(animator, reader, source, fit_size, fit, batch_size, quiet, landmarks=None):
+    """Index of the driving frame whose pose is closest to the source's (position and size normalised)."""
+    if landmarks is not None:
+        source_points = landmarks.landmarks(to_uint8(source))
+        if source_points is None:
+            landmarks = None  # no face in the source: fall back to the model's keypoints
+    if landmarks is None:
+        source_points = animator.kp_source["value"][0].cpu().numpy()
+    best, best_distance = 0, float("inf")
+    frames = prefetch(fit_frame(frame, fit_size, fit) for frame in reader.frames())
+    index = 0
+    with tqdm(total=reader.num_frames, unit="frame", desc="finding best frame", disable=quiet,
+              file=sys.stderr) as progress:
+        for batch in batched(frames, batch_size):
+            if landmarks is not None:
+                points = [landmarks.landmarks(to_uint8(frame)) for frame in batch]
+            else:
+                points = list(animator.keypoints(np.stack(batch))["value"].cpu().numpy())
+            for frame_points in points:
+                if frame_points is not None:
+                    distance = pose_distance(source_points, frame_points)
+                    if distance < best_distance:
+                        best, best_distance = index, distance
+                index += 1
+            progress.update(len(batch))
+    return best
+
+
+def side_by_side(source, driving, prediction, keypoints):
+    return np.concatenate([draw_keypoints(source, keypoints["source"]),
+                           draw_keypoints(driving, keypoints["driving"]),
+                           draw_keypoints(prediction, keypoints["moved"])], axis=1)
+
+
+def animate_pair(model, source_path, driving_path, output, args):
+    config, kp_detector, generator = model
+    size = frame_size(config)
+    reader = VideoReader(driving_path)
+    source_image = read_image(source_path)
+    if not args.quiet and aspect_ratio_differs(source_image.shape[:2], size):
+        print(f"note: {source_path} is {source_image.shape[1]}x{source_image.shape[0]}; --fit {args.fit} fits it "
+              f"to the model's {size[1]}x{size[0]} frame", file=sys.stderr)
+    if not args.quiet and aspect_ratio_differs(reader.size, size):
+        print(f"note: {driving_path} is {reader.size[1]}x{reader.size[0]}; --fit {args.fit} fits it to the "
+              f"model's {size[1]}x{size[0]} frame", file=sys.stderr)
+    source = fit_frame(source_image, size, args.fit)
+
+    animator = Animator(kp_detector, generator, source, mode=args.mode, adapt_scale=args.adapt_scale,
+                        precision=args.precision)
+    batch_size = args.batch_size or default_batch_size(animator.device)
+    start = 0
+    if args.best_frame is not None:
+        start = args.best_frame
+        if start < 0 or (reader.num_frames is not None and start >= reader.num_frames):
+            raise BadInput(f"--best-frame {start} is outside {driving_path} "
+                           f"(frames 0 to {(reader.num_frames or 1) - 1})")
+    elif args.find_best_frame:
+        landmarks = landmark_model(device=str(animator.device))
+        start = find_best_frame(animator, reader, source, size, args.fit, batch_size, args.quiet, landmarks)
+        if not args.quiet:
+            by = "face landmarks" if landmarks is not None else "the model's keypoints"
+            print(f"best frame: {start} (by {by})", file=sys.stderr)
+    # The original animates forward from the best frame and backward to the start; both halves measure
+    # motion from that frame, so streaming every frame in order with it as the reference is the same.
+    animator.set_initial_frame(frame_at(reader, start, size, args.fit))
+
+    fps = args.fps or reader.fps
+    audio = None if args.no_audio else driving_path
+    frames = prefetch(fit_frame(frame, size, args.fit) for frame in reader.frames())
+    with VideoWriter(output, fps, audio_from=audio) as writer, \
+            tqdm(total=reader.num_frames, unit="frame", desc=Path(output).name, disable=args.quiet,
+                 file=sys.stderr) as progress:
+        for batch in batched(frames, batch_size):
+            predictions = animator.animate(np.stack(batch))
+            for i, prediction in enumerate(predictions):
+                if args.side_by_side:
+                    keypoints = {"source": animator.last_keypoints["source"],
+                                 "driving": animator.last_keypoints["driving"][i],
+                                 "moved": animator.last_keypoints["moved"][i]}
+                    prediction = side_by_side(source, batch[i], prediction, keypoints)
+                writer.write(prediction)
+            progress.update(len(batch))
+    return output
+
+
+def load_requested_model(args):
+    """(config, keypoint detector, generator) for --checkpoint/--config/--align-corners/--device, loaded once."""
+    device = pick_device(args.device)
+    config = load_config(args.config) if args.config else None
+    checkpoint = args.checkpoint or default_checkpoint()
+    align_corners = None if args.align_corners is None else args.align_corners == "true"
+    config, kp_detector, generator, note = load_model(checkpoint, config, align_corners, device,
+                                                      precision=args.precision, compile=args.compile)
+    if not args.checkpoint:
+        note = (f"no --checkpoint: using the bundled {Path(BUNDLED_MODEL).stem} model, trained on cartoon faces "
+                "(for real faces pass an original checkpoint such as vox-cpk.pth.tar)")
+    if note and not args.quiet:
+        print(f"note: {note}", file=sys.stderr)
+    return config, kp_detector, generator
