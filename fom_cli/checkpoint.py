@@ -185,3 +185,20 @@ def load_state(module, state_dict, network, path):
     if problems:
         raise BadCheckpoint(f"{path} does not fit the config: {problems[0]}")
     module.load_state_dict(state_dict)
+
+
+# --- slim checkpoints ---------------------------------------------------------------------------------------
+
+def slim_checkpoint(checkpoint, config, networks=("generator", "kp_detector"), **provenance):
+    """What animation needs from `checkpoint`, about a third of an original training checkpoint: the networks
+    that animate, the config that built them (so no --config is needed later) and fom's metadata, extended
+    by `provenance` (exported_from, original_sha256, ...). The discriminator and the optimiser states stay
+    behind; the epoch is kept for the record."""
+    slim = {network: checkpoint[network] for network in networks}
+    slim["config"] = without_private_keys(config)
+    earlier = checkpoint.get("fom") if isinstance(checkpoint.get("fom"), dict) else {}
+    slim["fom"] = {**earlier, "version": __version__, "config_name": config_name(config),
+                   "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance}
+    if isinstance(checkpoint.get("epoch"), int):
+        slim["epoch"] = checkpoint["epoch"]
+    return slim

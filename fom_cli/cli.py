@@ -30,6 +30,8 @@ COMMANDS = {
     "synth": "render procedural cartoon-face videos (tests, smoke training, demo model)",
     "export": "slim a training checkpoint to the generator, keypoint detector and config",
     "bench": "measure animation speed and memory (frames/s, GFLOP, peak RSS), JSON out",
+    "models": "list the released checkpoints --checkpoint NAME fetches, and the cache",
+    "download": "fetch released checkpoints ahead of time (offline machines, shared caches)",
 }
 
 

@@ -58,8 +58,9 @@ fraction.__name__ = "number from 0 to 1"
 
 # --- shared options -----------------------------------------------------------------------------------------
 
-def add_checkpoint(parser, help_text="checkpoint file: an original FOMM one (vox-cpk.pth.tar, ...) or one fom "
-                                     "trained (default: the bundled model)", **kwargs):
+def add_checkpoint(parser, help_text="checkpoint file (an original FOMM one or one fom trained) or a released "
+                                     "model's name: vox, taichi, ... (`fom models`; downloaded on first use); "
+                                     "default: the bundled model", **kwargs):
     parser.add_argument("--checkpoint", metavar="CHECKPOINT", help=help_text, **kwargs)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fom_cli.animation import Animator, default_batch_size, load_model, pick_device, pose_distance
-from fom_cli.checkpoint import BUNDLED_MODEL, default_checkpoint
+from fom_cli.checkpoint import BUNDLED_MODEL
 from fom_cli.config import frame_size, load_config
 from fom_cli.drawing import draw_keypoints
 from fom_cli.errors import BadInput
@@ -21,6 +21,7 @@ from fom_cli.faces import landmark_model
 from fom_cli.media.images import IMAGE_EXTENSIONS, aspect_ratio_differs, fit_frame, read_image, to_uint8
 from fom_cli.media.video_in import VIDEO_EXTENSIONS, VideoReader, prefetch
 from fom_cli.media.video_out import VideoWriter
+from fom_cli.registry import checkpoint_or_bundled
 
 
 def check_source(path):
@@ -143,13 +144,13 @@ def load_requested_model(args):
     """(config, keypoint detector, generator) for --checkpoint/--config/--align-corners/--device, loaded once."""
     device = pick_device(args.device)
     config = load_config(args.config) if args.config else None
-    checkpoint = args.checkpoint or default_checkpoint()
+    checkpoint = checkpoint_or_bundled(args.checkpoint, args.quiet)
     align_corners = None if args.align_corners is None else args.align_corners == "true"
     config, kp_detector, generator, note = load_model(checkpoint, config, align_corners, device,
                                                       precision=args.precision, compile=args.compile)
     if not args.checkpoint:
         note = (f"no --checkpoint: using the bundled {Path(BUNDLED_MODEL).stem} model, trained on cartoon faces "
-                "(for real faces pass an original checkpoint such as vox-cpk.pth.tar)")
+                "(for real faces: --checkpoint vox)")
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
     return config, kp_detector, generator

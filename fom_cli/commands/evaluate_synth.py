@@ -17,11 +17,11 @@ import json
 import numpy as np
 
 from fom_cli.animation import load_model, pick_device
-from fom_cli.checkpoint import default_checkpoint
 from fom_cli.config import load_config
 from fom_cli.errors import FomError
 from fom_cli.evaluation.synthetic import HELD_OUT_SEED, evaluate_pairs
 from fom_cli.media.images import write_image
+from fom_cli.registry import checkpoint_or_bundled
 from fom_cli.options import add_checkpoint, add_config, add_device, add_quiet, positive_int
 
 
@@ -44,7 +44,7 @@ def run(args):
     if args.frames < 2:
         raise FomError("--frames must be at least 2")
     config = load_config(args.config) if args.config else None
-    checkpoint = args.checkpoint or default_checkpoint()
+    checkpoint = checkpoint_or_bundled(args.checkpoint, args.quiet)
     config, kp_detector, generator, _ = load_model(checkpoint, config, device=pick_device(args.device))
     report, strips = evaluate_pairs(kp_detector, generator, config, args.pairs, args.frames, args.seed,
                                     args.adapt_scale, args.quiet)

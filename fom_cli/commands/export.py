@@ -22,17 +22,18 @@ than any single checkpoint, without the slow steps a smaller learning rate would
 import sys
 from pathlib import Path
 
-from fom_cli.checkpoint import infer_config, load_state, read_checkpoint, save_checkpoint
-from fom_cli.config import config_name, load_config, without_private_keys
+from fom_cli.checkpoint import infer_config, load_state, read_checkpoint, save_checkpoint, slim_checkpoint
+from fom_cli.config import config_name, load_config
 from fom_cli.errors import BadOutput
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.options import add_config, add_quiet
+from fom_cli.registry import resolve_checkpoint
 
 
 def configure_parser(parser):
     parser.add_argument("checkpoints", nargs="+", metavar="checkpoint",
-                        help="a checkpoint from `fom train` or an original FOMM one; several of one run: their "
-                             "weights are averaged")
+                        help="a checkpoint from `fom train`, an original FOMM one, or a released model's name (vox, "
+                             "...); several of one run: their weights are averaged")
     parser.add_argument("-o", "--output", required=True, metavar="PATH", help="the slim checkpoint to write")
     add_config(parser)
     add_quiet(parser, "no summary line")
@@ -48,7 +49,7 @@ def run(args):
     # One checkpoint in memory at a time, plus the running sums: vox-256 training checkpoints are 0.7 GB each.
     config, networks, last, sums = None, None, None, {"generator": {}, "kp_detector": {}}
     for path in args.checkpoints:
-        last = read_checkpoint(path)
+        last = read_checkpoint(resolve_checkpoint(path, args.quiet))
         if config is None:
             config = load_config(args.config) if args.config else infer_config(last, path)[0]
             networks = {"kp_detector": build_keypoint_detector(config["model_params"]),
@@ -59,12 +60,8 @@ def run(args):
             add_weights(sums[network], last[network])
 
     names = [Path(path).name for path in args.checkpoints]
-    slim = {network: averaged_weights(sums[network], last[network], len(names)) for network in sums}
-    slim.update(config=without_private_keys(config),
-                fom=dict(last.get("fom", {}), config_name=config_name(config),
-                         exported_from=names[0] if len(names) == 1 else names))
-    if "epoch" in last:
-        slim["epoch"] = int(last["epoch"])
+    averaged = {network: averaged_weights(sums[network], last[network], len(names)) for network in sums}
+    slim = slim_checkpoint({**last, **averaged}, config, exported_from=names[0] if len(names) == 1 else names)
     save_checkpoint(output, slim)
     if not args.quiet:
         size = output.stat().st_size / 2 ** 20

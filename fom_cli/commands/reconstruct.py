@@ -19,16 +19,17 @@ and metrics.json:
 from pathlib import Path
 
 from fom_cli.animation import pick_device
-from fom_cli.checkpoint import default_checkpoint
 from fom_cli.config import load_config
 from fom_cli.evaluation.reconstruction import evaluate
 from fom_cli.media.video_in import DEFAULT_FPS
+from fom_cli.registry import checkpoint_or_bundled
 from fom_cli.options import add_batch_size, add_checkpoint, add_config, add_device, add_quiet, positive_float, \
     positive_int
 
 
 def configure_parser(parser):
-    add_checkpoint(parser, "the model: a checkpoint fom trained or an original one (default: the bundled toon-128)")
+    add_checkpoint(parser, "the model: a checkpoint fom trained, an original one, or a released model's name (vox, "
+                           "...: `fom models`); default: the bundled toon-128")
     parser.add_argument("--data", required=True, metavar="DIR", help="data folder; its test/ videos are reconstructed")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: reconstruction/ next to the checkpoint, "
                                                      "or in the current folder for the bundled model)")
@@ -43,7 +44,7 @@ def configure_parser(parser):
 
 
 def run(args):
-    checkpoint = args.checkpoint or default_checkpoint()
+    checkpoint = checkpoint_or_bundled(args.checkpoint, args.quiet)
     if args.out:
         out_dir = Path(args.out)
     elif args.checkpoint:

@@ -35,9 +35,11 @@ def configure_parser(parser):
                                                      "the checkpoint's folder)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", metavar="CHECKPOINT",
-                       help="continue a run exactly: weights, optimisers, schedules and epoch")
+                       help="continue a run exactly: weights, optimisers, schedules and epoch (a checkpoint file, or "
+                            "a released model's name: vox, ...)")
     start.add_argument("--init", metavar="CHECKPOINT",
-                       help="start from a checkpoint's weights (fom's or an original one) with fresh optimisers")
+                       help="start from a checkpoint's weights (fom's, an original one, or a released model's name: "
+                            "vox, ...) with fresh optimisers")
     schedule = parser.add_argument_group("schedule (overrides train_params)")
     schedule.add_argument("--epochs", type=positive_int, help="num_epochs: train until this many epochs are done")
     add_batch_size(schedule, "batch_size, summed over all processes")

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fom_cli.checkpoint import read_checkpoint, save_checkpoint
 from fom_cli.config import config_name
 from fom_cli.errors import BadConfig, FomError
+from fom_cli.registry import resolve_checkpoint
 from fom_cli.training.distributed import distributed_environment, mean_over_processes
 from fom_cli.training.losses import DiscriminatorFullModel, GeneratorFullModel, RandomTransform, load_vgg19, \
     loss_weights
@@ -105,7 +106,8 @@ def prepare_run(args, rank, world_size, device):
     """Config, run folder, networks (fresh, fine-tuned or resumed), optimisers and the loss modules."""
     if args.workers is not None and args.workers < 0:
         raise FomError(f"--workers must be 0 or more, got {args.workers}")
-    checkpoint_path = args.resume or args.init
+    # Training reads the whole original (discriminator, optimisers), not the slim file animation uses.
+    checkpoint_path = resolve_checkpoint(args.resume or args.init, args.quiet or rank != 0, full=True)
     checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
     config = training_config(args, checkpoint, checkpoint_path)
     train_params, model_params = config["train_params"], config["model_params"]

@@ -20,7 +20,7 @@ CHECKPOINT_NAME = "checkpoint.pth.tar"
 def run_folder(args, config):
     if args.out:
         out_dir = Path(args.out)
-    elif args.resume:
+    elif args.resume and Path(args.resume).exists():  # not for a model name: its folder is the cache
         out_dir = Path(args.resume).parent
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
