@@ -100,9 +100,9 @@ def pick_device(name="auto"):
 
 
 def default_batch_size(device):
-    """Driving frames per forward pass. GPUs need batches to fill up (vox-256 on an H200: 172, 655 and 772
-    frames/s at 1, 8 and 32 in fp32, 2 GiB of GPU memory at 32); on a CPU the keypoint detector and the
-    dense motion network still gain from 8 (see Animator.animate for the decoder)."""
+    """Driving frames per forward pass. GPUs need large batches to fill up (README: measured speeds); on a
+    CPU the keypoint detector and the dense motion network still gain from 8 (see Animator for the
+    decoder)."""
     return 32 if torch.device(device).type == "cuda" else 8
 
 
@@ -215,9 +215,7 @@ class Animator:
         # On a CPU the decoder runs one frame at a time: the deep levels of the keypoint detector and the
         # dense motion network (large weights over few pixels) gain from a batch, but the decoder's
         # full-resolution convolutions lose to it, as a frame's feature maps (4 MB for vox-256) stay in
-        # the L2 caches and a batch's do not (vox-256 on 2 cores: 31 ms per frame for motion at batch 8
-        # against 43 at batch 1; about 190 ms for decoding at batch 1 against 210 at batch 8). None: the
-        # whole batch at once.
+        # the L2 caches and a batch's do not. None: the whole batch at once.
         self.decode_batch_size = 1 if self.device.type == "cpu" else None
 
     def autocast(self):

@@ -21,7 +21,7 @@ from fom_cli.faces import landmark_model
 from fom_cli.media.images import IMAGE_EXTENSIONS, aspect_ratio_differs, fit_frame, read_image, to_uint8
 from fom_cli.media.video_in import VIDEO_EXTENSIONS, VideoReader, prefetch
 from fom_cli.media.video_out import VideoWriter
-from fom_cli.registry import checkpoint_or_bundled
+from fom_cli.fetch import checkpoint_or_bundled
 
 
 def check_source(path):

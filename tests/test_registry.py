@@ -307,7 +307,7 @@ def test_a_file_put_in_the_cache_by_hand_is_checked_on_first_use(home, tmp_path,
 
 
 def test_training_resolves_a_name_to_the_whole_original(home, server, tmp_path, monkeypatch):
-    from fom_cli.registry import resolve_checkpoint
+    from fom_cli.fetch import resolve_checkpoint
 
     use_registry(tmp_path, monkeypatch, [server.url("/small.pth.tar")])
     slim = resolve_checkpoint("small", quiet=True)
@@ -330,7 +330,7 @@ def test_export_and_train_take_a_name_too(home, server, tmp_path, monkeypatch, c
 
 
 def test_an_existing_path_wins_over_a_model_name(home, tmp_path, monkeypatch):
-    from fom_cli.registry import resolve_checkpoint
+    from fom_cli.fetch import resolve_checkpoint
 
     monkeypatch.chdir(tmp_path)
     Path("vox").write_bytes(b"a file the user named vox")

@@ -8,7 +8,8 @@ Prints the path of each cached file on stdout, one per line. A model already in 
 again. See `fom models` for the names.
 """
 
-from fom_cli.registry import ensure_cached, load_registry, lookup
+from fom_cli.fetch import ensure_cached
+from fom_cli.registry import load_registry, lookup
 
 
 def configure_parser(parser):

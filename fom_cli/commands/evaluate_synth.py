@@ -21,7 +21,7 @@ from fom_cli.config import load_config
 from fom_cli.errors import FomError
 from fom_cli.evaluation.synthetic import HELD_OUT_SEED, evaluate_pairs
 from fom_cli.media.images import write_image
-from fom_cli.registry import checkpoint_or_bundled
+from fom_cli.fetch import checkpoint_or_bundled
 from fom_cli.options import add_checkpoint, add_config, add_device, add_quiet, positive_int
 
 

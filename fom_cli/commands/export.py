@@ -27,7 +27,7 @@ from fom_cli.config import config_name, load_config
 from fom_cli.errors import BadOutput
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.options import add_config, add_quiet
-from fom_cli.registry import resolve_checkpoint
+from fom_cli.fetch import resolve_checkpoint
 
 
 def configure_parser(parser):

@@ -22,7 +22,7 @@ from fom_cli.animation import pick_device
 from fom_cli.config import load_config
 from fom_cli.evaluation.reconstruction import evaluate
 from fom_cli.media.video_in import DEFAULT_FPS
-from fom_cli.registry import checkpoint_or_bundled
+from fom_cli.fetch import checkpoint_or_bundled
 from fom_cli.options import add_batch_size, add_checkpoint, add_config, add_device, add_quiet, positive_float, \
     positive_int
 

@@ -62,12 +62,7 @@ def configure_parser(parser):
 
 
 def run(args):
-    train(args)
-    return 0
-
-
-def run(args):
-    from fom_cli.training.loop import train
+    from fom_cli.training.loop import train  # torch, only when training
 
     train(args)
     return 0

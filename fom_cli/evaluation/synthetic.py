@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from fom_cli.animation import Animator
 from fom_cli.config import frame_size
+from fom_cli.errors import FomError
 from fom_cli.evaluation.reconstruction import l1_distance
 from fom_cli.media.images import to_uint8
 from fom_cli.training.synth import render_video, sample_identity, sample_motion

@@ -175,8 +175,8 @@ def resize(image: np.ndarray, size, nearest=False) -> np.ndarray:
     copies the nearest pixel instead (a training augmentation's option).
 
     torch's anti-aliased bilinear filter (a triangle filter widened by the shrink factor, as PIL's):
-    within about 1/255 on average of scikit-image's resize that the original demo used, and 10x faster
-    on a 720p frame, which matters when every frame of a long video passes through it.
+    within about 1/255 on average of scikit-image's resize that the original demo used, and far faster,
+    which matters when every frame of a long video passes through it.
     """
     if image.shape[:2] == tuple(size):
         return _as_float_image(image)

@@ -23,8 +23,8 @@ returns copies whose blocks compute the same functions with less work:
   per-call reorder of a 38 MB weight tensor cost more than the arithmetic.
 - On CPUs with AMX int8 tiles (`prepack=True`), the residual blocks' convolutions of 256 channels and
   more (vox-256's bottleneck, half of all its FLOPs) run as Int8SplitConv: float32 numbers split into
-  three 8-bit limbs whose products are exact on the int8 matrix units, 1.6x faster than oneDNN's
-  float32 convolution there (7.5 against 12.0 ms) and as close to float64.
+  three 8-bit limbs whose products are exact on the int8 matrix units: faster than oneDNN's float32
+  convolution there, and as close to float64 (README: measured speeds).
 
 Results match the original blocks to float rounding (about 1e-6; 1e-5 before the final sigmoid).
 """
@@ -98,8 +98,8 @@ class Conv(nn.Module):
 
 def _amx_int8_available():
     """oneDNN's int8 convolution and a CPU with AMX int8 tiles, which make three-limb int8 products cheaper
-    than one float32 product (on a 2-core Sapphire Rapids: 0.75 ms against 12 ms for 256 -> 256 channels
-    at 64x64). Without AMX (AVX-512 VNNI, AVX2) the six products cost more than float32 does."""
+    than one float32 product. Without AMX (AVX-512 VNNI, AVX2) the six products cost more than float32
+    does, and oneDNN's int8 kernels there lose the exactness the split needs."""
     return (_cpu_prepack_available() and hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qconv_prepack")
             and hasattr(torch.cpu, "_is_amx_tile_supported") and torch.cpu._is_amx_tile_supported())
 
@@ -261,9 +261,8 @@ class StridedAntiAlias(nn.Module):
 
 
 # Where the residual blocks' convolutions become Int8SplitConvs: from 256 channels x 3x3 (vox-256's
-# bottleneck at 64x64: 163 against 210 ms per frame in all). Narrower ones lose to float32, the input's
-# splitting into limbs costing more than the int8 units save (the bundled toon-128's 128 channels at
-# 32x32: 12.5 against 11.5 ms per frame).
+# bottleneck). Narrower ones lose to float32, the input's splitting into limbs costing more than the
+# int8 units save (the bundled toon-128's 128 channels; README: measured speeds).
 INT8_SPLIT_MIN_FAN_IN = 256 * 3 * 3
 
 # Output channels up to which RowsConv beats a direct k x k convolution (CPU vector lanes hold 16).

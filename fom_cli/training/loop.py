@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fom_cli.checkpoint import read_checkpoint, save_checkpoint
 from fom_cli.config import config_name
 from fom_cli.errors import BadConfig, FomError
-from fom_cli.registry import resolve_checkpoint
+from fom_cli.fetch import resolve_checkpoint
 from fom_cli.training.distributed import distributed_environment, mean_over_processes
 from fom_cli.training.losses import DiscriminatorFullModel, GeneratorFullModel, RandomTransform, load_vgg19, \
     loss_weights
