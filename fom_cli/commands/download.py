@@ -9,6 +9,7 @@ again. See `fom models` for the names.
 """
 
 from fom_cli.fetch import ensure_cached
+from fom_cli.options import add_quiet
 from fom_cli.registry import load_registry, lookup
 
 
@@ -16,7 +17,7 @@ def configure_parser(parser):
     parser.add_argument("names", nargs="+", metavar="NAME", help="model names, as `fom models` lists them")
     parser.add_argument("--keep-full", action="store_true",
                         help="keep the whole original checkpoint besides the slim file animation loads")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+    add_quiet(parser)
 
 
 def run(args):
