@@ -98,18 +98,23 @@ class TpsDenseMotionNetwork(nn.Module):
 
     def candidate_flows(self, height, width, kp_driving, kp_source, bg_param=None):
         """(N, num_tps + 1, h, w, 2): for the background and each thin-plate spline, where each
-        driving-frame pixel comes from in the source. kp_source: batch 1 or N."""
-        n = kp_driving.shape[0]
-        grid = make_coordinate_grid(height, width, kp_driving.device, kp_driving.dtype)
-        kp_source = kp_source.expand(n, -1, -1)
-        splines = ThinPlateSpline.fit(kp_driving.view(n, self.num_tps, POINTS_PER_TPS, 2),
-                                      kp_source.reshape(n, self.num_tps, POINTS_PER_TPS, 2))
-        spline_flows = splines.warp(grid.view(-1, 2)).view(n, self.num_tps, height, width, 2)
-        if bg_param is None:
-            background = grid.expand(n, 1, height, width, 2)
-        else:
-            background = background_motion(grid, bg_param).unsqueeze(1)
-        return torch.cat([background, spline_flows], dim=1)
+        driving-frame pixel comes from in the source. kp_source: batch 1 or N.
+
+        Always float32, also under autocast: GPUs have no half-precision matrix inverse, and half-precision
+        coordinates would be off by pixels."""
+        with torch.autocast(kp_driving.device.type, enabled=False):
+            kp_driving, kp_source = kp_driving.float(), kp_source.float()
+            n = kp_driving.shape[0]
+            grid = make_coordinate_grid(height, width, kp_driving.device, kp_driving.dtype)
+            kp_source = kp_source.expand(n, -1, -1)
+            splines = ThinPlateSpline.fit(kp_driving.view(n, self.num_tps, POINTS_PER_TPS, 2),
+                                          kp_source.reshape(n, self.num_tps, POINTS_PER_TPS, 2))
+            spline_flows = splines.warp(grid.view(-1, 2)).view(n, self.num_tps, height, width, 2)
+            if bg_param is None:
+                background = grid.expand(n, 1, height, width, 2)
+            else:
+                background = background_motion(grid, bg_param.float()).unsqueeze(1)
+            return torch.cat([background, spline_flows], dim=1)
 
     @staticmethod
     def warp_by_each_flow(small_source, flows):
