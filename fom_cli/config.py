@@ -23,8 +23,14 @@ def bundled_dir(name):
     return PACKAGE_DIR / name
 
 
-def bundled_config_names():
-    return sorted(path.stem for path in bundled_dir("configs").glob("*.yaml"))
+def bundled_config_names(family="fomm"):
+    """Names of the bundled configs of one model family ('fomm' or 'tpsmm', see config_family), or of
+    all of them with family=None. FOMM's by default: that is what the callers that build networks from
+    every bundled config (checkpoint.infer_config) can build."""
+    paths = sorted(bundled_dir("configs").glob("*.yaml"))
+    if family is not None:
+        paths = [path for path in paths if config_family(yaml.safe_load(path.read_text())) == family]
+    return [path.stem for path in paths]
 
 
 # --- schema ---------------------------------------------------------------------------------------------
@@ -87,6 +93,60 @@ CONFIG = {
 }
 
 
+# --- TPSMM schema ---------------------------------------------------------------------------------------
+# The Thin-Plate Spline Motion Model's configs (models/tpsmm): keys of its four original configs. A config
+# is TPSMM's when its common_params count thin-plate splines (num_tps) instead of keypoints.
+TPSMM_COMMON_PARAMS = {
+    "num_tps": (True, int), "num_channels": (True, int), "bg": (False, bool), "multi_mask": (False, bool),
+}
+TPSMM_GENERATOR_PARAMS = {"block_expansion": (True, int), "max_features": (True, int), "num_down_blocks": (True, int)}
+TPSMM_DENSE_MOTION_PARAMS = {
+    "block_expansion": (True, int), "max_features": (True, int), "num_blocks": (True, int),
+    "scale_factor": (False, NUMBER), "kp_variance": (False, NUMBER),
+}
+TPSMM_AVD_NETWORK_PARAMS = {"id_bottle_size": (False, int), "pose_bottle_size": (False, int)}
+TPSMM_MODEL_PARAMS = {
+    "common_params": (True, TPSMM_COMMON_PARAMS),
+    "generator_params": (True, TPSMM_GENERATOR_PARAMS),
+    "dense_motion_params": (True, TPSMM_DENSE_MOTION_PARAMS),
+    "avd_network_params": (False, TPSMM_AVD_NETWORK_PARAMS),
+}
+# frame_shape is null in the original configs (their datasets hold frames of the model's size).
+TPSMM_DATASET_PARAMS = dict(DATASET_PARAMS, frame_shape=(False, (list, type(None))))
+TPSMM_LOSS_WEIGHTS = {
+    "perceptual": (False, list), "equivariance_value": (False, NUMBER), "warp_loss": (False, NUMBER),
+    "bg": (False, NUMBER),
+}
+TPSMM_TRAIN_PARAMS = {
+    "num_epochs": (False, int), "num_repeats": (False, int), "epoch_milestones": (False, list),
+    "lr_generator": (False, NUMBER), "batch_size": (False, int), "scales": (False, list),
+    "dataloader_workers": (False, int), "checkpoint_freq": (False, int), "dropout_epoch": (False, int),
+    "dropout_maxp": (False, NUMBER), "dropout_startp": (False, NUMBER), "dropout_inc_epoch": (False, int),
+    "bg_start": (False, int), "transform_params": (False, TRANSFORM_PARAMS),
+    "loss_weights": (False, TPSMM_LOSS_WEIGHTS),
+}
+TPSMM_TRAIN_AVD_PARAMS = {
+    "num_epochs": (False, int), "num_repeats": (False, int), "batch_size": (False, int),
+    "dataloader_workers": (False, int), "checkpoint_freq": (False, int), "epoch_milestones": (False, list),
+    "lr": (False, NUMBER), "lambda_shift": (False, NUMBER), "lambda_affine": (False, NUMBER),
+    "random_scale": (False, NUMBER),
+}
+TPSMM_CONFIG = {
+    "dataset_params": (False, TPSMM_DATASET_PARAMS),
+    "model_params": (True, TPSMM_MODEL_PARAMS),
+    "train_params": (False, TPSMM_TRAIN_PARAMS),
+    "train_avd_params": (False, TPSMM_TRAIN_AVD_PARAMS),
+    "visualizer_params": (False, dict),
+}
+
+
+def config_family(config):
+    """'tpsmm' for a Thin-Plate Spline Motion Model config (its common_params have num_tps), else 'fomm'."""
+    model_params = config.get("model_params") if isinstance(config, dict) else None
+    common_params = model_params.get("common_params") if isinstance(model_params, dict) else None
+    return "tpsmm" if isinstance(common_params, dict) and "num_tps" in common_params else "fomm"
+
+
 def _type_name(kind):
     if kind is NUMBER:
         return "a number"
@@ -105,7 +165,10 @@ def _is_instance(value, kind):
 
 
 def validate(config, schema=CONFIG, where=""):
-    """Raise BadConfig naming the first unknown, missing or mistyped key."""
+    """Raise BadConfig naming the first unknown, missing or mistyped key. A whole config is checked
+    against its family's schema (config_family)."""
+    if schema is CONFIG and config_family(config) == "tpsmm":
+        schema = TPSMM_CONFIG
     if not isinstance(config, dict):
         raise BadConfig(f"{where or 'the config'} must be a mapping of keys to values")
     for key in config:
@@ -141,7 +204,7 @@ def resolve_config_path(name_or_path):
     bundled = bundled_dir("configs") / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
-    names = ", ".join(bundled_config_names())
+    names = ", ".join(bundled_config_names(family=None))
     raise BadConfig(f"no config named '{name_or_path}': give a YAML path or one of {names}")
 
 
@@ -171,8 +234,9 @@ def config_name(config):
 
 
 def frame_size(config):
-    """The model's (height, width), from dataset_params.frame_shape (default 256 x 256)."""
-    shape = config.get("dataset_params", {}).get("frame_shape", [256, 256, 3])
+    """The model's (height, width), from dataset_params.frame_shape (default 256 x 256, also when null as
+    in the TPSMM configs)."""
+    shape = config.get("dataset_params", {}).get("frame_shape") or [256, 256, 3]
     return int(shape[0]), int(shape[1])
 
 

@@ -2,7 +2,9 @@
 coordinate grids and keypoint heatmaps.
 
 Module and attribute names (conv, norm, encoder.down_blocks, ...) are those of the original FOMM code,
-because they are the state-dict keys of the released checkpoints.
+because they are the state-dict keys of the released checkpoints. The Thin-Plate Spline Motion Model
+(models/tpsmm) uses the same blocks with instance instead of batch normalisation: the blocks take the
+normalisation layer as `norm`.
 """
 
 import math
@@ -47,14 +49,14 @@ def keypoint_heatmaps(keypoints, height, width, variance):
 
 
 class ResBlock2d(nn.Module):
-    """Pre-activation residual block (BN -> ReLU -> conv, twice), resolution preserved."""
+    """Pre-activation residual block (norm -> ReLU -> conv, twice), resolution preserved."""
 
-    def __init__(self, features, kernel_size=3, padding=1):
+    def __init__(self, features, kernel_size=3, padding=1, norm=nn.BatchNorm2d):
         super().__init__()
         self.conv1 = nn.Conv2d(features, features, kernel_size, padding=padding)
         self.conv2 = nn.Conv2d(features, features, kernel_size, padding=padding)
-        self.norm1 = nn.BatchNorm2d(features, affine=True)
-        self.norm2 = nn.BatchNorm2d(features, affine=True)
+        self.norm1 = norm(features, affine=True)
+        self.norm2 = norm(features, affine=True)
 
     def forward(self, x):
         out = self.conv1(F.relu(self.norm1(x)))
@@ -63,12 +65,12 @@ class ResBlock2d(nn.Module):
 
 
 class UpBlock2d(nn.Module):
-    """Nearest-neighbour upsampling by 2, then conv -> BN -> ReLU."""
+    """Nearest-neighbour upsampling by 2, then conv -> norm -> ReLU."""
 
-    def __init__(self, in_features, out_features, kernel_size=3, padding=1):
+    def __init__(self, in_features, out_features, kernel_size=3, padding=1, norm=nn.BatchNorm2d):
         super().__init__()
         self.conv = nn.Conv2d(in_features, out_features, kernel_size, padding=padding)
-        self.norm = nn.BatchNorm2d(out_features, affine=True)
+        self.norm = norm(out_features, affine=True)
 
     def forward(self, x):
         out = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -76,12 +78,12 @@ class UpBlock2d(nn.Module):
 
 
 class DownBlock2d(nn.Module):
-    """conv -> BN -> ReLU, then 2x2 average pooling."""
+    """conv -> norm -> ReLU, then 2x2 average pooling."""
 
-    def __init__(self, in_features, out_features, kernel_size=3, padding=1):
+    def __init__(self, in_features, out_features, kernel_size=3, padding=1, norm=nn.BatchNorm2d):
         super().__init__()
         self.conv = nn.Conv2d(in_features, out_features, kernel_size, padding=padding)
-        self.norm = nn.BatchNorm2d(out_features, affine=True)
+        self.norm = norm(out_features, affine=True)
         self.pool = nn.AvgPool2d(kernel_size=(2, 2))
 
     def forward(self, x):
@@ -89,12 +91,12 @@ class DownBlock2d(nn.Module):
 
 
 class SameBlock2d(nn.Module):
-    """conv -> BN -> ReLU, resolution preserved."""
+    """conv -> norm -> ReLU, resolution preserved."""
 
-    def __init__(self, in_features, out_features, kernel_size=3, padding=1):
+    def __init__(self, in_features, out_features, kernel_size=3, padding=1, norm=nn.BatchNorm2d):
         super().__init__()
         self.conv = nn.Conv2d(in_features, out_features, kernel_size, padding=padding)
-        self.norm = nn.BatchNorm2d(out_features, affine=True)
+        self.norm = norm(out_features, affine=True)
 
     def forward(self, x):
         return F.relu(self.norm(self.conv(x)))
@@ -107,11 +109,11 @@ def _hourglass_width(block_expansion, max_features, level):
 class Encoder(nn.Module):
     """Hourglass encoder: returns the input and every down block's output (the skip connections)."""
 
-    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256):
+    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256, norm=nn.BatchNorm2d):
         super().__init__()
         self.down_blocks = nn.ModuleList(
             DownBlock2d(in_features if i == 0 else _hourglass_width(block_expansion, max_features, i),
-                        _hourglass_width(block_expansion, max_features, i + 1))
+                        _hourglass_width(block_expansion, max_features, i + 1), norm=norm)
             for i in range(num_blocks))
 
     def forward(self, x):
@@ -124,33 +126,47 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Hourglass decoder: upsample and concatenate the matching skip connection at each level."""
 
-    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256):
+    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256, norm=nn.BatchNorm2d):
         super().__init__()
         up_blocks = []
         for i in reversed(range(num_blocks)):
             in_filters = (1 if i == num_blocks - 1 else 2) * _hourglass_width(block_expansion, max_features, i + 1)
-            up_blocks.append(UpBlock2d(in_filters, _hourglass_width(block_expansion, max_features, i)))
+            up_blocks.append(UpBlock2d(in_filters, _hourglass_width(block_expansion, max_features, i), norm=norm))
         self.up_blocks = nn.ModuleList(up_blocks)
         self.out_filters = block_expansion + in_features
+        # Channels of every level's output, coarsest first (the up-sampled features, then the skip).
+        self.level_filters = [2 * _hourglass_width(block_expansion, max_features, i)
+                              for i in reversed(range(1, num_blocks))] + [self.out_filters]
 
     def forward(self, skips):
+        return self.levels(skips)[-1]
+
+    def levels(self, skips):
+        """Every level's output, coarsest first; the last is the decoder's output."""
+        outs = []
         out = skips[-1]
         for i, block in enumerate(self.up_blocks):
             out = torch.cat([block(out), skips[-2 - i]], dim=1)
-        return out
+            outs.append(out)
+        return outs
 
 
 class Hourglass(nn.Module):
     """U-Net style encoder-decoder; the output keeps the input's resolution and appends its channels."""
 
-    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256):
+    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256, norm=nn.BatchNorm2d):
         super().__init__()
-        self.encoder = Encoder(block_expansion, in_features, num_blocks, max_features)
-        self.decoder = Decoder(block_expansion, in_features, num_blocks, max_features)
+        self.encoder = Encoder(block_expansion, in_features, num_blocks, max_features, norm)
+        self.decoder = Decoder(block_expansion, in_features, num_blocks, max_features, norm)
         self.out_filters = self.decoder.out_filters
+        self.level_filters = self.decoder.level_filters
 
     def forward(self, x):
         return self.decoder(self.encoder(x))
+
+    def levels(self, x):
+        """Every decoder level's output, coarsest first (TPSMM predicts occlusion masks from several)."""
+        return self.decoder.levels(self.encoder(x))
 
 
 class AntiAliasInterpolation2d(nn.Module):
