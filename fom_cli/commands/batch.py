@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fom_cli.errors import FomError
 from fom_cli.options import add_animation_options, non_negative_int, positive_float
-from fom_cli.pipeline import animate_pair, check_driving, check_source, load_requested_model
+from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
 
@@ -115,6 +115,12 @@ def read_jobs(path, defaults):
 def run(args):
     shard_index, shard_count = parse_shard(args.shard)
     jobs = read_jobs(args.jobs, args)
+    # Every shard checks every job's output, as read_jobs checks every row: a clash between two shards'
+    # jobs would lose data as surely as one within a shard.
+    to_write = [(number, options) for number, options in jobs
+                if not (args.skip_existing and options.output.exists())]
+    check_outputs([(options.source, options.driving, options.output) for _, options in to_write], args.overwrite,
+                  job_names=[f"job {number}" for number, _ in to_write])
     jobs = [job for i, job in enumerate(jobs) if i % shard_count == shard_index]
     model = load_requested_model(args)
 
