@@ -91,10 +91,35 @@ def save_checkpoint(path, checkpoint):
 
     def write(temporary):
         with open(temporary, "wb") as file:
-            torch.save(checkpoint, file)
+            recording = _WriteErrorRecorder(file)
+            try:
+                torch.save(checkpoint, recording)
+            except RuntimeError:
+                if recording.error is not None:
+                    raise recording.error from None  # the OSError itself: write_bytes_with says it in one line
+                raise
             file.flush()
             os.fsync(file.fileno())
     write_bytes_with(path, write)
+
+
+class _WriteErrorRecorder:
+    """A file that keeps the OSError its write() raised. torch.save turns that error (a full disk, a file
+    size limit) into a bare RuntimeError ("unexpected pos 704 vs 598"); this way the user hears the cause."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self):
+        self.file.flush()
 
 
 def make_checkpoint(config, networks, **extra):
