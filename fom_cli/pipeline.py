@@ -174,6 +174,9 @@ def animate_pair(model, source_path, driving_path, output, args):
                     prediction = side_by_side(source, batch[i], prediction, keypoints)
                 writer.write(prediction)
             progress.update(len(batch))
+    shortfall = reader.shortfall()
+    if shortfall:  # even with --quiet: the output is shorter than the user will expect
+        print(f"fom: warning: {shortfall}; {output} has {reader.frames_decoded} frames", file=sys.stderr)
     return output
 
 

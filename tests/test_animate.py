@@ -220,3 +220,24 @@ def test_overwrite_replaces_the_frames_an_earlier_run_wrote(tmp_path, capsys):
     relative = read_png_frames(tmp_path / "out")
     expected = np.load(PARITY / "small-ac.npz")["relative_adapt_prediction"]
     assert np.abs(relative - expected).max() <= 1 / 255 + 1e-6 and not np.allclose(relative, absolute)
+
+
+def test_a_cut_off_driving_video_gets_a_warning_with_both_frame_counts(tmp_path, capsys):
+    import imageio_ffmpeg
+
+    noise = np.random.default_rng(0).integers(0, 256, (100, 64, 64, 3), dtype=np.uint8)  # ~4 KB a frame
+    whole = make_clip(tmp_path / "whole.mp4", noise, fps=25, tone=False)
+    indexed = tmp_path / "indexed.mp4"  # the index (moov) at the front, as web videos have it
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", whole, "-c", "copy", "-movflags",
+                    "+faststart", indexed], check=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(indexed.read_bytes()[:80_000])
+    code, _, err = run_cli(["animate", SOURCE, cut, "-o", tmp_path / "out.mp4", *MODEL], capsys)
+    assert code == 0, err
+    written = probe(tmp_path / "out.mp4").num_frames
+    assert 0 < written < 100
+    warnings = [line for line in err.splitlines() if line.startswith("fom: warning:")]
+    assert len(warnings) == 1 and f"after {written} frames" in warnings[0] and "announces 100" in warnings[0]
+    # A whole video gets no warning.
+    code, _, err = run_cli(["animate", SOURCE, indexed, "-o", tmp_path / "whole-out.mp4", *MODEL], capsys)
+    assert code == 0 and "warning" not in err
