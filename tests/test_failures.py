@@ -70,6 +70,43 @@ def test_a_full_disk_is_one_line_and_the_previous_output_stays(tmp_path, command
     assert sorted(path.name for path in tmp_path.iterdir()) == [output.name]
 
 
+def drop_permission_override():
+    """For preexec_fn: root ignores file permissions, so take that power (CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH) out of the capabilities the next program gets; a read-only folder is then
+    read-only to it too. A no-op for other users."""
+    import ctypes
+
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+@pytest.mark.parametrize("command", ["export", "synth", "crop", "animate"])
+def test_a_folder_without_write_permission_is_one_line(tmp_path, command):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    args = {"export": ["export", SMALL_CHECKPOINT, "-o", read_only / "slim.pth", "--config", SMALL_CONFIG],
+            "synth": ["synth", "--out", read_only / "faces", "--videos", 2, "--test-videos", 1, "--frames", 4,
+                      "--size", 64, "--quiet"],
+            "crop": ["crop", SOURCE, "-o", read_only / "crops"],
+            "animate": ["animate", SOURCE, DRIVING_DIR, "-o", read_only / "out.mp4", *MODEL]}[command]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        result = subprocess.run([sys.executable, "-m", "fom_cli", *map(str, args)], capture_output=True, text=True,
+                                env=environment, preexec_fn=drop_permission_override, timeout=300)
+    except subprocess.SubprocessError as error:
+        pytest.skip(f"cannot drop root's permission override here ({error})")
+    finally:
+        read_only.chmod(0o755)
+    assert result.returncode == 2
+    assert "ermission denied" in one_error_line(result.stderr)
+    assert list(read_only.iterdir()) == []
+
+
 def test_an_unexpected_error_is_one_line_with_exit_1_and_the_trace_on_request(tmp_path, capsys, monkeypatch):
     def broken(self, frames):
         raise ValueError("something nobody foresaw\nsecond line")
