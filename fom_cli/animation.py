@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fom_cli.checkpoint import infer_config, load_state, read_checkpoint
-from fom_cli.errors import BadCheckpoint
+from fom_cli.errors import BadCheckpoint, FomError
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.models.inference import optimize_for_inference
 
@@ -90,13 +90,29 @@ def pose_distance(a, b):
 
 
 def pick_device(name="auto"):
-    if name == "auto":
+    """The torch device for --device NAME, checked before anything is loaded onto it: FomError (one line)
+    for a name torch does not know, or a device this machine does not have."""
+    if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from fom_cli.errors import FomError
-        raise FomError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return device
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise FomError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FomError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise FomError(f"--device {name}: this machine has {count} CUDA device{'s' if count > 1 else ''} "
+                           f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise FomError(f"--device {name}: Apple's MPS is not available on this machine (use --device cpu)")
+        return device
+    raise FomError(f"--device {name}: fom runs on cpu, cuda or mps, not {device.type}")
 
 
 def default_batch_size(device):

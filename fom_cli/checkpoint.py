@@ -20,7 +20,7 @@ import torch
 from fom_cli import __version__
 from fom_cli.config import bundled_config_names, bundled_dir, config_name, load_config, validate, \
     without_private_keys
-from fom_cli.errors import BadCheckpoint, BadConfig, BadInput, FomError
+from fom_cli.errors import BadCheckpoint, BadConfig, BadInput, FomError, first_line
 from fom_cli.media.files import write_bytes_with
 
 NETWORKS = ("generator", "kp_detector", "discriminator")
@@ -55,6 +55,55 @@ def _load_weights_only(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+# What a file that should be a checkpoint and is not most likely is, and what to do.
+DOWNLOAD_HINT = "most likely an incomplete or failed download: download it again"
+
+# The first bytes of torch's two formats: a zip archive (torch >= 1.6), or a pickle (protocol 2 to 5) whose
+# first object is torch's legacy magic number.
+ZIP_START = b"PK\x03\x04"
+PICKLE_PROTOCOLS = range(2, 6)
+
+
+def why_not_a_checkpoint(path):
+    """What `path` is, judging by its bytes, when it cannot be a torch checkpoint ("is not a checkpoint at
+    all: it is empty", ...); None when it starts like one. A wrong file (a file host's error page saved under
+    the checkpoint's name, a cut download) is thereby told apart from a real checkpoint with bad content."""
+    with open(path, "rb") as file:
+        head = file.read(1024)
+    if not head:
+        return "is not a checkpoint at all: it is empty"
+    if head.startswith(ZIP_START):
+        return None if zipfile.is_zipfile(path) else "is a cut-off checkpoint: a zip archive whose end is missing"
+    if head[0] == 0x80 and len(head) > 1 and head[1] in PICKLE_PROTOCOLS:
+        return None  # a pickle: the legacy torch format, read by torch.load
+    lowered = head.lstrip().lower()
+    if lowered.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<!--")) or b"<html" in lowered:
+        return ("is not a checkpoint at all: it is a web page (HTML), what a file host sends instead of the file, "
+                "such as a sign-in or quota page")
+    if any(byte < 32 and byte not in b"\t\n\r\f" for byte in head):  # control bytes: binary
+        return "is not a checkpoint at all: it starts with bytes no torch checkpoint starts with"
+    return "is not a checkpoint at all: it is text, not tensors"
+
+
+def _pickle_imports_names(path) -> bool:
+    """True when the file is whole pickles, one of which imports a Python name (a function or a class
+    that unpickling would call): weights_only's refusal of it is then about code, not damage. Parsed with
+    pickletools, which only reads opcodes and runs nothing. Torch's legacy format is several pickles in a
+    row (magic number, protocol, system info, the object), hence the loop."""
+    import pickletools
+
+    imports = {"GLOBAL", "STACK_GLOBAL", "INST"}
+    try:
+        with open(path, "rb") as file:
+            for _ in range(4):
+                opcodes = {opcode.name for opcode, _, _ in pickletools.genops(file)}  # to its end: whole
+                if opcodes & imports:
+                    return True
+    except Exception:  # not a whole pickle: damaged bytes
+        return False
+    return False
+
+
 def read_checkpoint(path):
     """The checkpoint's dict, with 'module.' prefixes stripped. Raises BadInput / BadCheckpoint."""
     path = Path(path)
@@ -62,17 +111,21 @@ def read_checkpoint(path):
         raise BadInput(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise BadInput(f"checkpoint {path} is a directory, not a file")
+    not_one = why_not_a_checkpoint(path)
+    if not_one:
+        raise BadCheckpoint(f"{path} {not_one} ({path.stat().st_size:,} bytes); {DOWNLOAD_HINT}")
     try:
         checkpoint = _load_weights_only(path)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        # Only a pickle that names a Python function or class ("GLOBAL print was not an allowed global")
+        # would run code; an opcode weights_only does not know means damaged bytes.
+        if "GLOBAL" in str(error) or "Unsupported global" in str(error) or _pickle_imports_names(path):
             raise BadCheckpoint(f"{path} holds more than tensors (objects that would run code when loaded), "
                                 "so fom refuses to load it") from None
-        raise BadCheckpoint(f"{path} is not a torch checkpoint ({first_line})") from None
+        raise BadCheckpoint(f"{path} is a damaged checkpoint ({first_line(error)}); {DOWNLOAD_HINT}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BadCheckpoint(f"{path} is not a readable torch checkpoint ({reason})") from None
+        raise BadCheckpoint(f"{path} is a damaged or cut-off checkpoint ({first_line(error)}); "
+                            f"{DOWNLOAD_HINT}") from None
 
     if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in ("generator", "kp_detector")):
         raise BadCheckpoint(f"{path} is not a FOMM checkpoint: it has no 'generator' and 'kp_detector' weights")
@@ -91,10 +144,35 @@ def save_checkpoint(path, checkpoint):
 
     def write(temporary):
         with open(temporary, "wb") as file:
-            torch.save(checkpoint, file)
+            recording = _WriteErrorRecorder(file)
+            try:
+                torch.save(checkpoint, recording)
+            except RuntimeError:
+                if recording.error is not None:
+                    raise recording.error from None  # the OSError itself: write_bytes_with says it in one line
+                raise
             file.flush()
             os.fsync(file.fileno())
     write_bytes_with(path, write)
+
+
+class _WriteErrorRecorder:
+    """A file that keeps the OSError its write() raised. torch.save turns that error (a full disk, a file
+    size limit) into a bare RuntimeError ("unexpected pos 704 vs 598"); this way the user hears the cause."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self):
+        self.file.flush()
 
 
 def make_checkpoint(config, networks, **extra):

@@ -4,19 +4,22 @@ Each sub-command lives in its own module under fom_cli/commands/, which exposes
 `configure_parser(parser)` (its options) and `run(args) -> int`. Only the module of the command being
 run is imported, so `fom --help` and `fom --version` start without importing torch.
 
-Errors the user can fix (FomError) become one line "fom: error: ..." and exit code 2; Ctrl-C and SIGTERM
-stop cleanly (every output still being written is removed) with 130 and 143. FOM_TRACEBACK=1 shows the
-full trace of an unexpected error, for bug reports.
+Errors the user can fix (FomError, and an OSError such as a full disk or a GPU out of memory) become one
+line "fom: error: ..." and exit code 2; any other exception one line naming its type, exit code 1.
+Ctrl-C and SIGTERM stop cleanly (every output still being written is removed) with 130 and 143.
+FOM_TRACEBACK=1 shows the full trace of an unexpected error, for bug reports.
 """
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
+import traceback
 
 from fom_cli import __version__
-from fom_cli.errors import FomError
+from fom_cli.errors import FomError, first_line, is_out_of_memory, os_error_message, out_of_memory_message
 from fom_cli.media.files import discard_all_temporaries
 
 # command name -> one-line help. The module is fom_cli.commands.<name with _ for ->.
@@ -68,6 +71,15 @@ def _stop_on_sigterm(signum, frame):
     raise SystemExit(143)
 
 
+def _report_unexpected(message, exit_code):
+    """Print one line for an error that is not a FomError (the whole trace too with FOM_TRACEBACK=1);
+    called inside the except block, so the trace is that of the error being handled."""
+    if os.environ.get("FOM_TRACEBACK") == "1":
+        traceback.print_exc()
+    print(f"fom: error: {message}", file=sys.stderr)
+    return exit_code
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
@@ -91,6 +103,13 @@ def main(argv=None):
         if exit.code == 143:
             print("fom: stopped (SIGTERM)", file=sys.stderr)
         raise
+    except OSError as error:  # a full disk, a file size limit, a folder that became read-only, ...
+        return _report_unexpected(os_error_message(error), 2)
+    except Exception as error:
+        if is_out_of_memory(error):
+            return _report_unexpected(out_of_memory_message(getattr(args, "batch_size", None)), 2)
+        return _report_unexpected(f"unexpected {type(error).__name__}: {first_line(error)} (this is a bug in fom "
+                                  f"or a library; FOM_TRACEBACK=1 shows the trace for a report)", 1)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_handler)

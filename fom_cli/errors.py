@@ -27,3 +27,32 @@ def first_line(error) -> str:
     """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def os_error_message(error: OSError) -> str:
+    """An OSError raised while fom read or wrote a file, as one line saying what to do about it."""
+    import errno
+
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"no space left on the disk{where}; free some space or write elsewhere, then run again"
+    if error.errno == errno.EFBIG:
+        return f"a file grew larger than this system allows{where}; write to another disk or raise the limit"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where}; choose a folder you can write to, or fix its permissions"
+    return f"{error.strerror or first_line(error)}{where}"
+
+
+def is_out_of_memory(error) -> bool:
+    """True for a CUDA (or other accelerator) out-of-memory error. By its type's name, so that checking
+    does not import torch (`fom --help` stays fast), and by message for old torch's plain RuntimeError."""
+    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
+
+
+def out_of_memory_message(batch_size=None) -> str:
+    """One line for a GPU that ran out of memory, naming a --batch-size that uses less."""
+    if batch_size:
+        hint = f"try --batch-size {batch_size // 2}" if batch_size > 1 else "use a smaller model or a larger GPU"
+    else:
+        hint = "try a smaller --batch-size (animation uses 32 frames on a GPU by default: --batch-size 16)"
+    return f"the GPU ran out of memory; {hint} (or --device cpu)"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fom_cli.errors import BadInput
+from fom_cli.errors import BadInput, first_line
 from fom_cli.media.images import resize, to_uint8
 
 DETECTORS = ("dlib", "sfd", "auto")
@@ -207,18 +207,35 @@ def load_sfd(weights_path, device="auto", max_side=640):
         raise BadInput(f"the sfd face detector needs its weights: put {SFD_WEIGHTS_FILE} (from "
                        f"{SFD_WEIGHTS_URL}) at {weights_path}, pass --detector-weights PATH, "
                        f"or use --detector dlib")
-    import torch
     from face_alignment.detection.sfd.sfd_detector import SFDDetector
 
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from fom_cli.animation import pick_device
+
+    device = str(pick_device(device))  # a bad --device is the device's fault, not the file's: say so first
     try:
         # Given a path, face-alignment loads that file and never goes to the network.
         network = SFDDetector(device=device, path_to_detector=str(weights_path))
-    except Exception as error:  # torch.load and load_state_dict fail in many ways on a wrong file
+    except Exception as error:
+        if not is_weights_file_error(error):  # out of memory, a driver error, ...: the file may be fine
+            raise BadInput(f"could not load the S3FD face detector from {weights_path} on {device} "
+                           f"({type(error).__name__}: {first_line(error)})") from None
         raise BadInput(f"{weights_path} is not S3FD face detector weights "
                        f"({type(error).__name__}); expected {SFD_WEIGHTS_FILE}") from None
     return SfdDetector(network, max_side=max_side)
+
+
+def is_weights_file_error(error) -> bool:
+    """True when loading weights failed because of the file itself (not a checkpoint, truncated, other
+    weights), as opposed to the device, memory or a library: only then is replacing the file the advice."""
+    import pickle
+    import zipfile
+
+    if isinstance(error, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError)):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(sign in text for sign in (
+        "Error(s) in loading state_dict", "PytorchStreamReader", "size mismatch", "invalid load key",
+        "Weights only load failed", "unexpected EOF", "storage has wrong byte size"))
 
 
 def make_detector(name="dlib", weights=None, device="auto"):
@@ -295,7 +312,10 @@ def landmark_model(device="cpu"):
         options["compile"] = False
     try:
         aligner = face_alignment.FaceAlignment(face_alignment.LandmarksType.TWO_D, **options)
-    except Exception as error:  # a truncated or foreign file in the cache
+    except Exception as error:
+        if not is_weights_file_error(error):  # the device, memory, a library: the cached files may be fine
+            raise BadInput(f"could not load face-alignment's landmark model on {device} "
+                           f"({type(error).__name__}: {first_line(error)})") from None
         raise BadInput(f"could not load face-alignment's weights from {fan_weights.parent} "
                        f"({type(error).__name__}); delete {fan_weights.name} and {sfd_weights.name} "
                        f"there or replace them") from None

@@ -120,6 +120,9 @@ def add_animation_options(parser):
     media.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
     media.add_argument("--side-by-side", action="store_true",
                        help="write source | driving | result panels with keypoints drawn")
+    media.add_argument("--overwrite", action="store_true",
+                       help="replace the PNG frames an earlier run wrote in a frames folder (a folder holding "
+                            "any other file is never touched)")
     run = parser.add_argument_group("running")
     add_device(run)
     add_batch_size(run)

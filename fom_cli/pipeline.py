@@ -6,6 +6,7 @@ output keeps the driving video's frame rate and sound.
 """
 
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from fom_cli.animation import Animator, default_batch_size, load_model, pick_dev
 from fom_cli.checkpoint import BUNDLED_MODEL
 from fom_cli.config import frame_size, load_config
 from fom_cli.drawing import draw_keypoints
-from fom_cli.errors import BadInput
+from fom_cli.errors import BadInput, BadOutput
 from fom_cli.faces import landmark_model
 from fom_cli.media.images import IMAGE_EXTENSIONS, aspect_ratio_differs, fit_frame, read_image, to_uint8
 from fom_cli.media.video_in import VIDEO_EXTENSIONS, VideoReader, prefetch
-from fom_cli.media.video_out import VideoWriter
 from fom_cli.fetch import checkpoint_or_bundled
+from fom_cli.media.files import check_parent_writable, same_path
+from fom_cli.media.video_out import VideoWriter, check_video_output
 
 
 def check_source(path):
@@ -41,6 +43,41 @@ def check_driving(path):
         raise BadInput(f"driving input {path} is not a video ({', '.join(VIDEO_EXTENSIONS)}) "
                        "or a directory of frames")
     return path
+
+
+def check_outputs(jobs, overwrite=False, job_names=None):
+    """Refuse, before any model is loaded or frame decoded, every output that cannot be written or would
+    destroy data: an output that is the job's own source or driving video, two jobs writing one file, or
+    a path check_video_output refuses. jobs: [(source, driving, output)]; job_names: what to call each
+    job in messages ("job 3"), none for `fom animate`."""
+    def job(index):
+        source, driving, _ = jobs[index]
+        pair = f"{source} with {driving}"
+        return f"{job_names[index]} ({pair})" if job_names else pair
+
+    writers = {}  # the output's real path -> the index of the first job writing it
+    checked_folders = set()
+    for index, (source, driving, output) in enumerate(jobs):
+        prefix = f"{job_names[index]}: " if job_names else ""
+        for role, path in (("source image", source), ("driving video", driving)):
+            if same_path(output, path):
+                raise BadOutput(f"{prefix}the output {output} is the {role}: writing it would destroy the input; "
+                                f"choose another output path")
+        key = os.path.realpath(output)
+        if key in writers:
+            clashes = sum(1 for other in jobs if os.path.realpath(other[2]) == key)
+            raise BadOutput(f"{clashes} jobs would write {output}, each replacing the one before: {job(writers[key])} "
+                            f"and {job(index)}{', ...' if clashes > 2 else ''}; give the inputs distinct names or "
+                            f"write them in separate runs")
+        writers[key] = index
+        folder = os.path.dirname(os.path.abspath(output))
+        try:
+            check_video_output(output, overwrite)
+            if folder not in checked_folders:
+                check_parent_writable(output)
+                checked_folders.add(folder)
+        except BadOutput as error:
+            raise BadOutput(f"{prefix}{error}") from None
 
 
 def batched(iterable, size):
@@ -124,7 +161,7 @@ def animate_pair(model, source_path, driving_path, output, args):
     fps = args.fps or reader.fps
     audio = None if args.no_audio else driving_path
     frames = prefetch(fit_frame(frame, size, args.fit) for frame in reader.frames())
-    with VideoWriter(output, fps, audio_from=audio) as writer, \
+    with VideoWriter(output, fps, audio_from=audio, overwrite=getattr(args, "overwrite", False)) as writer, \
             tqdm(total=reader.num_frames, unit="frame", desc=Path(output).name, disable=args.quiet,
                  file=sys.stderr) as progress:
         for batch in batched(frames, batch_size):
@@ -137,6 +174,9 @@ def animate_pair(model, source_path, driving_path, output, args):
                     prediction = side_by_side(source, batch[i], prediction, keypoints)
                 writer.write(prediction)
             progress.update(len(batch))
+    shortfall = reader.shortfall()
+    if shortfall:  # even with --quiet: the output is shorter than the user will expect
+        print(f"fom: warning: {shortfall}; {output} has {reader.frames_decoded} frames", file=sys.stderr)
     return output
 
 

@@ -153,3 +153,91 @@ def test_help_documents_every_option(capsys):
                    "--no-adapt-scale", "--best-frame", "--find-best-frame", "--fit", "--fps", "--no-audio",
                    "--side-by-side", "--device", "--batch-size", "--quiet"]:
         assert option in help_text, option
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fom: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, capsys):
+    driving = make_clip(tmp_path / "d.mp4", driving_frames(), fps=12, tone=False)
+    (tmp_path / "link.mp4").symlink_to(driving)
+    original = driving.read_bytes()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for path in DRIVING_DIR.iterdir():
+        (frames / path.name).write_bytes(path.read_bytes())
+    for driving_input, output in [(driving, driving), (driving, tmp_path / "link.mp4"),
+                                  (tmp_path / "link.mp4", driving), (frames, frames)]:
+        code, _, err = run_cli(["animate", SOURCE, driving_input, "-o", output, *MODEL, "--overwrite"], capsys)
+        assert code == 2 and "is the driving video" in one_error_line(err)
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", SOURCE, *MODEL], capsys)
+    assert code == 2 and "is the source image" in one_error_line(err)
+    assert driving.read_bytes() == original
+    assert sorted(p.name for p in frames.iterdir()) == sorted(p.name for p in DRIVING_DIR.iterdir())
+    assert not [p for p in tmp_path.rglob(".*")], "temporary files left behind"
+
+
+def test_outputs_of_several_pairs_that_clash_are_refused_naming_them(tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "face.png").write_bytes(SOURCE.read_bytes())
+    code, _, err = run_cli(["animate", tmp_path / "a/face.png", tmp_path / "b/face.png", "--driving", DRIVING_DIR,
+                            "-o", tmp_path / "out", *MODEL], capsys)
+    line = one_error_line(err)
+    assert code == 2
+    assert "out/face__small-driving.mp4" in line and "a/face.png" in line and "b/face.png" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_output_is_checked_before_the_model_loads(tmp_path, capsys):
+    # The checkpoint is garbage, so any error about it would mean the model was read before the output.
+    garbage = tmp_path / "garbage.pth.tar"
+    garbage.write_bytes(b"\x00" * 100)
+    (tmp_path / "a-file").write_text("x")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "000000.png").write_bytes(SOURCE.read_bytes())
+    for output, expected in [(tmp_path / "a-file" / "out.mp4", "a-file"), (tmp_path / "out.avi", ".avi"),
+                             (frames, "--overwrite")]:
+        code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", output, "--checkpoint", garbage, "--quiet",
+                                "--find-best-frame"], capsys)
+        assert code == 2 and expected in one_error_line(err)
+    assert (frames / "000000.png").read_bytes() == SOURCE.read_bytes()
+
+
+def test_overwrite_replaces_the_frames_an_earlier_run_wrote(tmp_path, capsys):
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out/", *MODEL, "--mode", "absolute"],
+                           capsys)
+    assert code == 0, err
+    absolute = read_png_frames(tmp_path / "out")
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out/", *MODEL], capsys)
+    assert code == 2 and "--overwrite" in one_error_line(err)
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out/", *MODEL, "--overwrite"], capsys)
+    assert code == 0, err
+    relative = read_png_frames(tmp_path / "out")
+    expected = np.load(PARITY / "small-ac.npz")["relative_adapt_prediction"]
+    assert np.abs(relative - expected).max() <= 1 / 255 + 1e-6 and not np.allclose(relative, absolute)
+
+
+def test_a_cut_off_driving_video_gets_a_warning_with_both_frame_counts(tmp_path, capsys):
+    import imageio_ffmpeg
+
+    noise = np.random.default_rng(0).integers(0, 256, (100, 64, 64, 3), dtype=np.uint8)  # ~4 KB a frame
+    whole = make_clip(tmp_path / "whole.mp4", noise, fps=25, tone=False)
+    indexed = tmp_path / "indexed.mp4"  # the index (moov) at the front, as web videos have it
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", whole, "-c", "copy", "-movflags",
+                    "+faststart", indexed], check=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(indexed.read_bytes()[:80_000])
+    code, _, err = run_cli(["animate", SOURCE, cut, "-o", tmp_path / "out.mp4", *MODEL], capsys)
+    assert code == 0, err
+    written = probe(tmp_path / "out.mp4").num_frames
+    assert 0 < written < 100
+    warnings = [line for line in err.splitlines() if line.startswith("fom: warning:")]
+    assert len(warnings) == 1 and f"after {written} frames" in warnings[0] and "announces 100" in warnings[0]
+    # A whole video gets no warning.
+    code, _, err = run_cli(["animate", SOURCE, indexed, "-o", tmp_path / "whole-out.mp4", *MODEL], capsys)
+    assert code == 0 and "warning" not in err

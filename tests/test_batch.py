@@ -17,7 +17,7 @@ def write_jobs(tmp_path, rows, header="source,driving,output"):
 def test_a_good_job_a_missing_source_and_a_corrupt_video(tmp_path, capsys):
     source, driving = PARITY / "small-source.png", PARITY / "small-driving"
     jobs = write_jobs(tmp_path, [f"{source},{driving},good.mp4", f"missing.png,{driving},missing.mp4",
-                                 f"{source},corrupt.mp4,corrupt.mp4"])
+                                 f"{source},corrupt.mp4,from-corrupt.mp4"])
     code, out, err = run_cli(["batch", jobs, *MODEL, "--json"], capsys)
     assert code == 1
     assert [p.name for p in tmp_path.glob("*.mp4") if p.name != "corrupt.mp4"] == ["good.mp4"]
@@ -49,3 +49,18 @@ def test_a_bad_jobs_file_exits_2(tmp_path, capsys):
     assert code == 2 and "mode" in err
     code, _, err = run_cli(["batch", tmp_path / "nope.csv", *MODEL], capsys)
     assert code == 2 and "does not exist" in err
+
+
+def test_outputs_that_clash_or_are_inputs_are_refused_before_any_job_runs(tmp_path, capsys):
+    source, driving = PARITY / "small-source.png", PARITY / "small-driving"
+    (tmp_path / "d.mp4").write_bytes(b"the user's video")
+    for rows, expected in [([f"{source},{driving},out.mp4", f"{source},{driving},./out.mp4"], "2 jobs would write"),
+                           ([f"{source},{driving},first.mp4", f"{source},d.mp4,d.mp4"], "job 2: the output"),
+                           ([f"{source},{driving},x.avi"], ".avi")]:
+        jobs = write_jobs(tmp_path, rows)
+        code, out, err = run_cli(["batch", jobs, *MODEL, "--json"], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], err
+        assert out == ""  # no job ran
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.mp4", "d.mp4", "jobs.csv"]
+    assert (tmp_path / "d.mp4").read_bytes() == b"the user's video"

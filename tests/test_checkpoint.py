@@ -2,6 +2,7 @@
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,7 +110,7 @@ def test_a_checkpoint_never_runs_code(tmp_path, legacy):
     else:
         torch.save(payload, path)
     assert not target.exists()
-    with pytest.raises(BadCheckpoint):
+    with pytest.raises(BadCheckpoint, match="objects that would run code"):
         read_checkpoint(path)
     assert not target.exists()
 
@@ -123,6 +124,27 @@ def test_files_that_are_not_checkpoints(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(BadCheckpoint, match="generator"):
         read_checkpoint(tmp_path / "other.pth")
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("random bytes", "not a checkpoint at all"), ("an HTML page", "web page (HTML)"), ("empty", "is empty"),
+    ("a cut zip checkpoint", "cut-off checkpoint"), ("a cut legacy checkpoint", "cut-off checkpoint"),
+])
+def test_a_failed_download_is_called_one_and_not_code(tmp_path, kind, expected):
+    contents = {
+        "random bytes": np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes(),
+        "an HTML page": b"\n<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head></html>",
+        "empty": b"",
+        "a cut zip checkpoint": SMALL_CHECKPOINT.read_bytes()[:80_000],
+        "a cut legacy checkpoint": (PARITY / "small-legacy.pth.tar").read_bytes()[:80_000],
+    }
+    path = tmp_path / "vox-cpk.pth.tar"
+    path.write_bytes(contents[kind])
+    with pytest.raises(BadCheckpoint) as error:
+        read_checkpoint(path)
+    message = str(error.value)
+    assert expected in message and "incomplete or failed download" in message and "\n" not in message
+    assert "run code" not in message
 
 
 def test_export_keeps_only_what_animation_needs_and_animates_the_same(tmp_path, capsys):

@@ -155,6 +155,33 @@ def test_auto_takes_sfd_when_its_weights_file_is_there(empty_torch_home):
         faces.make_detector("auto", device="cpu")
 
 
+def test_a_bad_device_or_a_failing_library_is_not_blamed_on_the_weights_file(tmp_path, monkeypatch):
+    from face_alignment.detection.sfd import sfd_detector
+
+    from fom_cli.errors import FomError
+
+    weights = tmp_path / faces.SFD_WEIGHTS_FILE
+    weights.write_bytes(b"placeholder: these tests never get as far as reading it")
+    import torch
+
+    absent = [("gpu", "unknown device"), ("cuda:99", "cuda:99")]
+    if not torch.backends.mps.is_available():
+        absent.append(("mps", "MPS is not available"))
+    for device, expected in absent:
+        with pytest.raises(FomError, match=expected) as error:
+            faces.make_detector("sfd", weights=weights, device=device)
+        assert "not S3FD" not in str(error.value)
+
+    def fails_on_the_device(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(sfd_detector, "SFDDetector", fails_on_the_device)
+    with pytest.raises(BadInput) as error:
+        faces.make_detector("sfd", weights=weights, device="cpu")
+    message = str(error.value)
+    assert "could not load the S3FD face detector" in message and "illegal memory access" in message
+    assert "not S3FD" not in message and "delete" not in message
+
+
 def test_unknown_detector():
     with pytest.raises(BadInput, match="unknown face detector"):
         faces.make_detector("haar")

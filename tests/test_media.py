@@ -399,6 +399,28 @@ def test_mp4_with_audio_is_trimmed_to_the_video(clip, tmp_path, capfd):
     assert capfd.readouterr().err == ""  # ffmpeg stayed quiet
 
 
+def test_when_the_sound_cannot_be_added_the_silent_video_is_kept(clip, tmp_path, monkeypatch, capsys):
+    from fom_cli.media import video_out
+
+    run_ffmpeg = video_out.run_ffmpeg
+
+    def muxing_fails(arguments):
+        if "1:a:0" in arguments:  # the call that adds the sound
+            return subprocess.CompletedProcess(arguments, 1, "", "[aac @ 0x1] Unsupported channel layout\n")
+        return run_ffmpeg(arguments)
+    monkeypatch.setattr(video_out, "run_ffmpeg", muxing_fails)
+    reader = VideoReader(clip)
+    output = tmp_path / "out.mp4"
+    with VideoWriter(output, reader.fps, audio_from=clip) as writer:
+        for frame in reader.frames():
+            writer.write(frame)
+    info = probe(output)
+    assert info.num_frames == CLIP_FRAMES and not info.has_audio
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fom: warning: could not add the sound") and "channel layout" in err[0]
+    assert leftovers(tmp_path) == []
+
+
 def test_audio_start_after_the_sound_ends_gives_a_silent_video(clip, tmp_path):
     with VideoWriter(tmp_path / "late.mp4", 25, audio_from=clip, audio_start=AUDIO_SECONDS + 1) as writer:
         for frame in numbered_frames(5):

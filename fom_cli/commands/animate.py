@@ -15,7 +15,7 @@ from pathlib import Path
 from fom_cli.errors import BadInput
 from fom_cli.media.video_out import VIDEO_OUTPUT_EXTENSIONS
 from fom_cli.options import add_animation_options
-from fom_cli.pipeline import animate_pair, check_driving, check_source, load_requested_model
+from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
 
 
 def configure_parser(parser):
@@ -53,6 +53,7 @@ def plan_jobs(args):
 
 def run(args):
     jobs = plan_jobs(args)
+    check_outputs(jobs, args.overwrite)
     model = load_requested_model(args)
     for source, driving, output in jobs:
         animate_pair(model, source, driving, output, args)

@@ -14,13 +14,15 @@ every job succeeded, 1 when some failed, 2 for a bad jobs file. `--shard I/N` ru
 import copy
 import csv
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from fom_cli.errors import FomError
+from fom_cli.errors import FomError, first_line, is_out_of_memory, os_error_message, out_of_memory_message
 from fom_cli.options import add_animation_options, non_negative_int, positive_float
-from fom_cli.pipeline import animate_pair, check_driving, check_source, load_requested_model
+from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
 
@@ -115,6 +117,12 @@ def read_jobs(path, defaults):
 def run(args):
     shard_index, shard_count = parse_shard(args.shard)
     jobs = read_jobs(args.jobs, args)
+    # Every shard checks every job's output, as read_jobs checks every row: a clash between two shards'
+    # jobs would lose data as surely as one within a shard.
+    to_write = [(number, options) for number, options in jobs
+                if not (args.skip_existing and options.output.exists())]
+    check_outputs([(options.source, options.driving, options.output) for _, options in to_write], args.overwrite,
+                  job_names=[f"job {number}" for number, _ in to_write])
     jobs = [job for i, job in enumerate(jobs) if i % shard_count == shard_index]
     model = load_requested_model(args)
 
@@ -130,15 +138,32 @@ def run(args):
                 animate_pair(model, check_source(options.source), check_driving(options.driving), options.output,
                              options)
                 report["status"] = "done"
-            except FomError as error:
+            except Exception as error:  # any job's failure, even a bug or a GPU out of memory, is that job's only
                 failed += 1
-                report.update(status="failed", error=str(error))
-                print(f"fom: error: job {number} ({options.source}, {options.driving}): {error}", file=sys.stderr)
+                if os.environ.get("FOM_TRACEBACK") == "1":
+                    traceback.print_exc()
+                message = job_error_message(error, options)
+                report.update(status="failed", error=message)
+                print(f"fom: error: job {number} ({options.source}, {options.driving}): {message}", file=sys.stderr)
                 if args.fail_fast:
                     emit(report, start, args)
                     break
         emit(report, start, args)
     return 1 if failed else 0
+
+
+def job_error_message(error, options):
+    """One line for a failed job: the message of an error the user can fix, else what happened."""
+    if isinstance(error, FomError):
+        return str(error)
+    if isinstance(error, OSError):
+        return os_error_message(error)
+    if is_out_of_memory(error):
+        import torch
+
+        torch.cuda.empty_cache()  # give the next job the memory this one held
+        return out_of_memory_message(options.batch_size)
+    return f"unexpected {type(error).__name__}: {first_line(error)}"
 
 
 def emit(report, start, args):

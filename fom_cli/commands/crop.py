@@ -32,6 +32,7 @@ from fom_cli import faces as face_detection
 from fom_cli.compositing import cut, square_window
 from fom_cli.errors import BadInput, BadOutput
 from fom_cli.face_tracks import MAX_MISSING_SECONDS, clip_for_tube, link_tubes
+from fom_cli.media.files import remove_directories
 from fom_cli.media.images import IMAGE_EXTENSIONS, read_image, write_image
 from fom_cli.media.video_in import VideoReader
 from fom_cli.media.video_out import VideoWriter
@@ -101,6 +102,20 @@ def ffmpeg_command(input_path, output_path, window, frame_size, size, start=None
 # --- the command -----------------------------------------------------------------------------------------
 
 def run(args):
+    """Crop every input; a run that fails removes the output folders it created, when they are empty."""
+    missing = []  # the output folder and its parents that do not exist yet, outermost first
+    folder = Path(args.output_dir).absolute()
+    while not folder.exists():
+        missing.insert(0, folder)
+        folder = folder.parent
+    try:
+        return crop_inputs(args)
+    except BaseException:
+        remove_directories(missing)
+        raise
+
+
+def crop_inputs(args):
     # A path given twice (overlapping shell globs) is cropped once.
     inputs = list(dict.fromkeys(Path(name) for name in args.inputs))
     check_inputs(inputs)

@@ -150,6 +150,29 @@ def check_writable(directory):
                         f"choose another output path") from None
 
 
+def same_path(a, b) -> bool:
+    """True when `a` and `b` name one file or folder: the same path after links, or one file under two
+    names (a hard link). Neither needs to exist."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same
+        return False
+
+
+def check_parent_writable(path):
+    """BadOutput unless the folder that will hold `path` can be made and written: the nearest existing
+    ancestor must be a folder fom may write in. Creates nothing that stays, so commands call it for every
+    output before slow work."""
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    while not os.path.exists(directory):
+        directory = os.path.dirname(directory)
+    if not os.path.isdir(directory):
+        raise BadOutput(f"cannot write {path}: {directory} is a file; choose another output path")
+    check_writable(directory)
+
+
 def discard_all_temporaries():
     """Remove every temporary still being written (for a signal handler that is about to exit)."""
     with _live_lock:

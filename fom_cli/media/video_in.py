@@ -118,6 +118,8 @@ class VideoInfo:
     size: Tuple[int, int]  # (height, width) of the decoded frames
     has_audio: bool
     duration: Optional[float]  # seconds of video (num_frames / fps when known); None when unknown
+    # Frames the container's header announces, when the file holds fewer (cut off): num_frames otherwise.
+    announced_frames: Optional[int] = None
 
 
 def probe(path) -> VideoInfo:
@@ -202,9 +204,13 @@ def _probe_with_ffmpeg(path) -> VideoInfo:
         hours, minutes, seconds = duration_match.groups()
         duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
-    num_frames = _count_video_packets(path)
-    if num_frames is None and duration:
-        num_frames = round(duration * fps)
+    num_frames, cut_off = _count_video_packets(path)
+    announced_frames = num_frames
+    if duration and (num_frames is None or cut_off):
+        # The header's duration is the container's, which may be the sound's; it is only the video's word
+        # on its length when nothing better is known, or when the file ends before its packets do.
+        announced_frames = round(duration * fps)
+        num_frames = announced_frames if num_frames is None else num_frames
     if num_frames == 0:
         raise BadInput(f"{path} has no video frames; give a video with pictures in it")
     if num_frames is not None:
@@ -213,7 +219,7 @@ def _probe_with_ffmpeg(path) -> VideoInfo:
 
     has_audio = re.search(r"Stream #\S+.*: Audio:", header) is not None
     return VideoInfo(path=path, fps=fps, num_frames=num_frames, size=(height, width),
-                     has_audio=has_audio, duration=duration)
+                     has_audio=has_audio, duration=duration, announced_frames=announced_frames)
 
 
 def video_stream_line(header) -> Optional[str]:
@@ -242,13 +248,15 @@ def _exact_frame_rate(fps: float) -> float:
     return fps
 
 
-def _count_video_packets(path) -> Optional[int]:
+def _count_video_packets(path) -> Tuple[Optional[int], bool]:
+    """(the number of video packets in the file or None, whether the file ends before its index does)."""
     # Stream copy into the null muxer reads the container without decoding a single picture.
     result = run_ffmpeg(["-i", path, "-map", "0:V:0", "-c", "copy", "-f", "null", "-"])
     counts = re.findall(r"frame=\s*(\d+)", result.stderr)
+    cut_off = "partial file" in result.stderr  # the demuxer's word for packets its index lists past the end
     if result.returncode != 0 or not counts:
-        return None
-    return int(counts[-1])
+        return None, cut_off
+    return int(counts[-1]), cut_off
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -270,11 +278,20 @@ class VideoReader:
         self.num_frames = info.num_frames
         self.has_audio = info.has_audio
         self.duration = info.duration
+        self.announced_frames = info.announced_frames or info.num_frames
         self.frames_decoded = 0
 
     def __repr__(self):
         return (f"VideoReader({self.path!r}, fps={self.fps:.3f}, size={self.size}, "
                 f"num_frames={self.num_frames}, has_audio={self.has_audio})")
+
+    def shortfall(self) -> Optional[str]:
+        """After reading every frame (frames() with no range): a warning, without the "warning:" prefix,
+        when the video gave fewer frames than its header announces (a cut-off file); None otherwise."""
+        if not self.announced_frames or self.frames_decoded >= self.announced_frames:
+            return None
+        return (f"{self.path} ended after {self.frames_decoded} frames, but its header announces "
+                f"{self.announced_frames}: the file is probably cut off (an incomplete download or copy)")
 
     def frames(self, start=0, stop=None) -> Iterator[np.ndarray]:
         """uint8 HxWx3 RGB frames number start, start+1, ... up to (not including) stop.

@@ -8,6 +8,7 @@ import math
 import os
 import queue
 import re
+import sys
 import threading
 from fractions import Fraction
 
@@ -301,7 +302,8 @@ class VideoWriter:
                             f"check the free disk space and try again")
 
     def _add_audio(self):
-        """Mux the sound in, copying the video stream, and put the result where the silent video was."""
+        """Mux the sound in, copying the video stream, and put the result where the silent video was; if
+        ffmpeg cannot, the silent video stays, with a warning."""
         with_audio = temporary_path_beside(self.path)
         duration = self.frames_written / self.fps
         arguments = ["-v", "error", "-y",
@@ -316,9 +318,11 @@ class VideoWriter:
         try:
             result = run_ffmpeg(arguments)
             if result.returncode != 0:
-                raise BadInput(f"could not add the sound of {self._audio_source.path} to {self.path} "
-                               f"({last_ffmpeg_message(result.stderr)}); use a video whose sound plays, "
-                               f"or leave the sound out")
+                # The pictures, maybe hours of work, are fine: keep them, silent, and say so.
+                print(f"fom: warning: could not add the sound of {self._audio_source.path} to {self.path} "
+                      f"({last_ffmpeg_message(result.stderr)}); the video is written without sound",
+                      file=sys.stderr)
+                return
             os.replace(with_audio, self._output.temporary)
         finally:
             remove_path(with_audio)
