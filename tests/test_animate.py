@@ -1,5 +1,6 @@
 """`fom animate` end to end: real files in, decoded files out, checked frame by frame."""
 
+import os
 import subprocess
 import sys
 
@@ -153,3 +154,71 @@ def test_help_documents_every_option(capsys):
                    "--no-adapt-scale", "--best-frame", "--find-best-frame", "--fit", "--fps", "--no-audio",
                    "--side-by-side", "--device", "--batch-size", "--quiet"]:
         assert option in help_text, option
+
+
+@pytest.mark.parametrize("fps", ["1e6", "0.001", "0", "nan"])
+def test_fps_beyond_its_bounds_is_one_line(tmp_path, capsys, fps):
+    code, out, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out.mp4", *MODEL, "--fps", fps],
+                             capsys)
+    assert code == 2
+    assert err == f"fom: error: argument --fps: invalid frame rate (from 1 to 240 frames/s) value: '{fps}'\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fps_at_its_bounds(tmp_path, capsys):
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "slow.mp4", *MODEL, "--fps", "1"],
+                           capsys)
+    assert code == 0, err
+    info = probe(tmp_path / "slow.mp4")
+    assert info.num_frames == 8 and info.fps == pytest.approx(1) and info.duration == pytest.approx(8, abs=0.05)
+
+
+def test_usage_shows_the_two_forms_that_work(capsys):
+    assert run_cli(["animate", "--help"]) == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert usage == ("usage: fom animate SOURCE DRIVING -o OUTPUT [options]\n"
+                     "       fom animate SOURCE [SOURCE ...] --driving VIDEO [VIDEO ...] -o OUTDIR [options]")
+    # Pairs one after another (what argparse's own usage suggested) are refused, in one line that says how.
+    code, out, err = run_cli(["animate", SOURCE, DRIVING_DIR, SOURCE, DRIVING_DIR, "-o", "out", *MODEL], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--driving" in err
+
+
+def test_png_frames_say_that_the_sound_is_not_written(tmp_path, capsys):
+    driving = make_clip(tmp_path / "drive.mp4", driving_frames(), fps=12, tone=True)
+    model = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG]
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "frames/", *model], capsys)
+    assert code == 0, err
+    assert f"note: PNG frames carry no sound: the sound of {driving} is not written" in err
+    assert len(read_png_frames(tmp_path / "frames")) == 8
+    # Not when the sound was left out on purpose, nor when a video keeps it.
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "mute/", *model, "--no-audio"], capsys)
+    assert code == 0 and "sound" not in err, err
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "out.mp4", *model], capsys)
+    assert code == 0 and "sound" not in err and probe(tmp_path / "out.mp4").has_audio, err
+
+
+def test_gpu_options_on_the_cpu_get_a_note(tmp_path, capsys):
+    model = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--device", "cpu"]
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "half.gif", *model,
+                            "--precision", "fp16"], capsys)
+    assert code == 0, err
+    assert "note: --precision fp16 is meant for GPUs: on the CPU it runs slower than fp32, not faster\n" in err
+    assert iio.imread(tmp_path / "half.gif", index=None).shape[0] == 8
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "full.gif", *model], capsys)
+    assert code == 0 and "meant for GPUs" not in err, err
+
+
+def test_compiling_on_a_machine_without_gpu_hides_torchs_cuda_home_warning(tmp_path):
+    # torch warns "No CUDA runtime is found" when it finds a CUDA toolkit (CUDA_HOME) but no GPU, the first
+    # time compiling imports torch.utils.cpp_extension. The control run shows the warning does appear there.
+    script = ("import sys\n"
+              "from fom_cli.animation import load_model\n"
+              "from fom_cli.config import load_config\n"
+              f"config = load_config({str(SMALL_CONFIG)!r})\n"
+              f"if sys.argv[1] == 'compile': load_model({str(SMALL_CHECKPOINT)!r}, config, compile=True)\n"
+              "import torch.utils.cpp_extension\n")
+    environment = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    control, compiled = (subprocess.run([sys.executable, "-c", script, what], capture_output=True, text=True,
+                                        env=environment, check=True) for what in ("control", "compile"))
+    assert "No CUDA runtime" in control.stderr
+    assert "No CUDA runtime" not in compiled.stderr, compiled.stderr
