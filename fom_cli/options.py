@@ -127,6 +127,10 @@ def add_animation_options(parser):
     media.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
                        help="how frames of another aspect ratio are fitted to the model's frame: centre crop "
                             "(default), pad with black, or stretch (the original's behaviour)")
+    media.add_argument("--start", type=non_negative_float, default=0.0, metavar="SECONDS",
+                       help="use the driving video from this time on (ffmpeg's -ss; the sound is cut to match)")
+    media.add_argument("--duration", type=positive_float, metavar="SECONDS",
+                       help="use this many seconds of the driving video (ffmpeg's -t; default: to its end)")
     media.add_argument("--fps", type=frame_rate,
                        help=f"output frame rate, {MIN_FPS} to {MAX_FPS} (default: the driving video's)")
     media.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")

@@ -3,6 +3,8 @@
 import json
 import re
 
+import imageio.v3 as iio
+
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, run_cli
 
 MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--quiet"]
@@ -72,3 +74,14 @@ def test_a_bad_jobs_file_exits_2(tmp_path, capsys):
     code, out, err = run_cli(["batch", tmp_path / "header-only.csv", *MODEL], capsys)
     assert code == 2 and out == ""
     assert err == f"fom: error: jobs file {tmp_path / 'header-only.csv'} has no jobs (a header and no rows)\n"
+
+
+def test_start_and_duration_columns(tmp_path, capsys):
+    # The fixture's driving folder plays at 25 fps: from 0.12 s for 0.16 s are frames 3 to 6.
+    source, driving = PARITY / "small-source.png", PARITY / "small-driving"
+    jobs = write_jobs(tmp_path, [f"{source},{driving},part.gif,0.12,0.16", f"{source},{driving},whole.gif,,"],
+                      header="source,driving,output,start,duration")
+    code, out, err = run_cli(["batch", jobs, *MODEL], capsys)
+    assert code == 0, err
+    assert iio.imread(tmp_path / "part.gif", index=None).shape[0] == 4
+    assert iio.imread(tmp_path / "whole.gif", index=None).shape[0] == 8

@@ -3,7 +3,7 @@
   fom batch JOBS.csv --checkpoint vox-cpk.pth.tar [--skip-existing] [--json] [--shard I/N]
 
 JOBS.csv has a header with the columns source, driving, output and, optionally, per-job options:
-mode, adapt_scale, best_frame, find_best_frame, fit, fps, no_audio, side_by_side (an empty cell takes
+mode, adapt_scale, best_frame, find_best_frame, fit, fps, no_audio, side_by_side, start, duration (an empty cell takes
 the command-line value). Relative paths are relative to the jobs file's folder.
 
 A failed job prints one error line and the batch goes on (--fail-fast stops instead); a last line counts
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fom_cli.errors import FomError
-from fom_cli.options import add_animation_options, frame_rate, non_negative_int
+from fom_cli.options import add_animation_options, frame_rate, non_negative_float, non_negative_int, positive_float
 from fom_cli.pipeline import animate_pair, check_driving, check_source, load_requested_model
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
@@ -48,7 +48,7 @@ def choice(*allowed):
 JOB_OPTIONS = {
     "mode": choice("relative", "absolute"), "adapt_scale": boolean, "best_frame": non_negative_int,
     "find_best_frame": boolean, "fit": choice("crop", "pad", "stretch"), "fps": frame_rate,
-    "no_audio": boolean, "side_by_side": boolean,
+    "no_audio": boolean, "side_by_side": boolean, "start": non_negative_float, "duration": positive_float,
 }
 
 
