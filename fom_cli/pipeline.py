@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from fom_cli.animation import Animator, default_batch_size, load_model, pick_device, pose_distance
 from fom_cli.checkpoint import BUNDLED_MODEL
@@ -22,6 +21,7 @@ from fom_cli.faces import landmark_model
 from fom_cli.media.images import IMAGE_EXTENSIONS, aspect_ratio_differs, fit_frame, read_image, to_uint8
 from fom_cli.media.video_in import VIDEO_EXTENSIONS, VideoReader, prefetch
 from fom_cli.media.video_out import VideoWriter, is_frames_folder
+from fom_cli.progress import progress_bar
 from fom_cli.registry import checkpoint_or_bundled
 
 
@@ -86,8 +86,8 @@ def find_best_frame(animator, reader, source, fit_size, fit, batch_size, quiet, 
     best, best_distance = 0, float("inf")
     frames = prefetch(fit_frame(frame, fit_size, fit) for frame in reader.frames(first, stop))
     index = 0
-    with tqdm(total=None if stop is None else stop - first, unit="frame", desc="finding best frame", disable=quiet,
-              file=sys.stderr) as progress:
+    with progress_bar(total=None if stop is None else stop - first, unit="frame", desc="finding best frame",
+                      disable=quiet) as progress:
         for batch in batched(frames, batch_size):
             if landmarks is not None:
                 points = [landmarks.landmarks(to_uint8(frame)) for frame in batch]
@@ -153,9 +153,8 @@ def animate_pair(model, source_path, driving_path, output, args):
     frames = prefetch(fit_frame(frame, size, args.fit) for frame in reader.frames(first, stop))
     # The sound is cut where the frames are: from the first one's time, as long as the output.
     with VideoWriter(output, fps, audio_from=audio, audio_start=first / reader.fps) as writer, \
-            tqdm(total=None if stop is None else stop - first, unit="frame", desc=Path(output).name,
-                 disable=args.quiet,
-                 file=sys.stderr) as progress:
+            progress_bar(total=None if stop is None else stop - first, unit="frame", desc=Path(output).name,
+                         disable=args.quiet) as progress:
         for batch in batched(frames, batch_size):
             predictions = animator.animate(np.stack(batch))
             for i, prediction in enumerate(predictions):

@@ -41,6 +41,7 @@ from fom_cli.media.images import IMAGE_EXTENSIONS, read_image, write_image
 from fom_cli.media.video_in import VideoReader
 from fom_cli.media.video_out import VideoWriter
 from fom_cli.options import add_device, add_quiet, fraction, non_negative_float, positive_int
+from fom_cli.progress import progress_bar
 
 # Photos are single detections, so the detector may look at a larger copy than for every video frame:
 # this many times its usual limit on the working copy's longer side.
@@ -142,8 +143,7 @@ def run(args):
     args.printed_mkdir = False
     crops_written = 0
     skipped = []
-    for input_path in tqdm(inputs, desc="inputs", unit="input", disable=args.quiet or len(inputs) == 1,
-                           file=sys.stderr):
+    for input_path in progress_bar(inputs, desc="inputs", unit="input", disable=args.quiet or len(inputs) == 1):
         try:
             if is_photo(input_path):
                 crops_written += crop_photo(input_path, output_dir, detector, args)
@@ -261,8 +261,8 @@ def crop_video(input_path, output_dir, detector, args):
     # Pass 1: find the faces. The detector dominates the time; decoding runs in media's background thread.
     detections = []
     num_frames = 0
-    frames = tqdm(reader.frames(), total=reader.num_frames or None, desc=f"faces in {input_path.name}",
-                  unit="frame", disable=args.quiet, leave=False, file=sys.stderr)
+    frames = progress_bar(reader.frames(), total=reader.num_frames or None, desc=f"faces in {input_path.name}",
+                          unit="frame", disable=args.quiet, leave=False)
     for frame_index, frame in enumerate(frames):
         num_frames += 1
         frame_size = frame.shape[:2]
@@ -301,8 +301,9 @@ def write_clips(input_path, output_dir, reader, clips, args):
     first_needed = min(clip.first_frame for clip in clips)
     last_needed = max(clip.last_frame for clip in clips)
     open_writers = {}  # clip number -> VideoWriter, entered
-    frames = tqdm(reader.frames(start=first_needed, stop=last_needed + 1), total=last_needed + 1 - first_needed,
-                  desc=f"clips of {input_path.name}", unit="frame", disable=args.quiet, leave=False, file=sys.stderr)
+    frames = progress_bar(reader.frames(start=first_needed, stop=last_needed + 1),
+                          total=last_needed + 1 - first_needed, desc=f"clips of {input_path.name}", unit="frame",
+                          disable=args.quiet, leave=False)
     try:
         for frame_index, frame in enumerate(frames, start=first_needed):
             for clip in clips:
