@@ -8,6 +8,7 @@ the two keypoint clouds' sizes (square roots of their convex-hull areas).
 """
 
 import contextlib
+import logging
 import warnings
 
 import numpy as np
@@ -187,6 +188,9 @@ def compile_networks(kp_detector, generator):
     """torch.compile, in place, the four functions the Animator runs per driving batch: the keypoint
     detector, the dense motion network, the warping of the source features and the decoder. (Compiling
     the generator module itself would compile only its forward, which animation does not call.)"""
+    # Compiling imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on machines that
+    # have a CUDA toolkit but no GPU: nothing fom does needs that runtime, so the line would only confuse.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     kp_detector.forward = CompiledOrEager(kp_detector.forward, "keypoint detector")
     dense_motion = generator.dense_motion_network
     dense_motion.motion = CompiledOrEager(dense_motion.motion, "dense motion network")

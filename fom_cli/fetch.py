@@ -20,10 +20,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
-
 from fom_cli.errors import BadCheckpoint, BadInput, BadOutput, FomError
 from fom_cli.media.files import AtomicOutput, os_error_line, remove_path
+from fom_cli.progress import progress_bar
 from fom_cli.registry import (NAME_PATTERN, checkpoints_dir, full_path, is_offline, load_registry, lookup, part_path, slim_path)
 
 # (connect, read) seconds: a server that accepts nothing, or stops sending, fails the URL instead of hanging.
@@ -186,8 +185,9 @@ FAMILIES = {"fomm": Family(load_checked=load_fomm_checked, animation_networks=("
 
 def sha256_of(path, quiet, label):
     digest = hashlib.sha256()
-    with open(path, "rb") as file, tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, unit_divisor=1024,
-                                         desc=label, disable=quiet, file=sys.stderr, leave=False) as progress:
+    with open(path, "rb") as file, progress_bar(total=os.path.getsize(path), unit="B", unit_scale=True,
+                                                 unit_divisor=1024, desc=label, disable=quiet,
+                                                 leave=False) as progress:
         while chunk := file.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
             progress.update(len(chunk))
@@ -277,8 +277,8 @@ def download(url, part, model, quiet):
                 if model.size is not None and total is not None and total != model.size:
                     raise UrlFailed(f"it serves {total:,} bytes where the registry says {model.size:,}")
                 if progress is None:
-                    progress = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                    desc=f"downloading {model.name}", disable=quiet, file=sys.stderr)
+                    progress = progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                                            desc=f"downloading {model.name}", disable=quiet)
                 progress.reset(total=total)
                 progress.update(have)
                 try:

@@ -10,6 +10,9 @@ import math
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
+# --fps: below 1 frame/s a short clip becomes hours of stills, above 240 no player shows the frames.
+MIN_FPS, MAX_FPS = 1, 240
+
 
 # --- value types ------------------------------------------------------------------------------------------
 
@@ -41,6 +44,13 @@ def positive_float(text):
     return value
 
 
+def frame_rate(text):
+    value = float(text)
+    if not MIN_FPS <= value <= MAX_FPS:  # also rejects nan
+        raise ValueError(f"expected a frame rate from {MIN_FPS} to {MAX_FPS}, not {text!r}")
+    return value
+
+
 def fraction(text):
     value = float(text)
     if not 0 <= value < 1:
@@ -53,6 +63,7 @@ positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"
 non_negative_float.__name__ = "non-negative number"
 positive_float.__name__ = "positive number"
+frame_rate.__name__ = f"frame rate (from {MIN_FPS} to {MAX_FPS} frames/s)"
 fraction.__name__ = "number from 0 to 1"
 
 
@@ -116,7 +127,12 @@ def add_animation_options(parser):
     media.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
                        help="how frames of another aspect ratio are fitted to the model's frame: centre crop "
                             "(default), pad with black, or stretch (the original's behaviour)")
-    media.add_argument("--fps", type=positive_float, help="output frame rate (default: the driving video's)")
+    media.add_argument("--start", type=non_negative_float, default=0.0, metavar="SECONDS",
+                       help="use the driving video from this time on (ffmpeg's -ss; the sound is cut to match)")
+    media.add_argument("--duration", type=positive_float, metavar="SECONDS",
+                       help="use this many seconds of the driving video (ffmpeg's -t; default: to its end)")
+    media.add_argument("--fps", type=frame_rate,
+                       help=f"output frame rate, {MIN_FPS} to {MAX_FPS} (default: the driving video's)")
     media.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
     media.add_argument("--side-by-side", action="store_true",
                        help="write source | driving | result panels with keypoints drawn")

@@ -1,5 +1,6 @@
 """`fom animate` end to end: real files in, decoded files out, checked frame by frame."""
 
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, carphone_path, driving_frames, make_clip, run_cli
 from fom_cli.animation import Animator, load_model
 from fom_cli.config import load_config
-from fom_cli.media.video_in import probe
+from fom_cli.media.video_in import VideoReader, probe
 
 SOURCE = PARITY / "small-source.png"
 DRIVING_DIR = PARITY / "small-driving"
@@ -241,3 +242,143 @@ def test_a_cut_off_driving_video_gets_a_warning_with_both_frame_counts(tmp_path,
     # A whole video gets no warning.
     code, _, err = run_cli(["animate", SOURCE, indexed, "-o", tmp_path / "whole-out.mp4", *MODEL], capsys)
     assert code == 0 and "warning" not in err
+
+
+@pytest.mark.parametrize("fps", ["1e6", "0.001", "0", "nan"])
+def test_fps_beyond_its_bounds_is_one_line(tmp_path, capsys, fps):
+    code, out, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out.mp4", *MODEL, "--fps", fps],
+                             capsys)
+    assert code == 2
+    assert err == f"fom: error: argument --fps: invalid frame rate (from 1 to 240 frames/s) value: '{fps}'\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fps_at_its_bounds(tmp_path, capsys):
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "slow.mp4", *MODEL, "--fps", "1"],
+                           capsys)
+    assert code == 0, err
+    info = probe(tmp_path / "slow.mp4")
+    assert info.num_frames == 8 and info.fps == pytest.approx(1) and info.duration == pytest.approx(8, abs=0.05)
+
+
+def test_usage_shows_the_two_forms_that_work(capsys):
+    assert run_cli(["animate", "--help"]) == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert usage == ("usage: fom animate SOURCE DRIVING -o OUTPUT [options]\n"
+                     "       fom animate SOURCE [SOURCE ...] --driving VIDEO [VIDEO ...] -o OUTDIR [options]")
+    # Pairs one after another (what argparse's own usage suggested) are refused, in one line that says how.
+    code, out, err = run_cli(["animate", SOURCE, DRIVING_DIR, SOURCE, DRIVING_DIR, "-o", "out", *MODEL], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--driving" in err
+
+
+def test_png_frames_say_that_the_sound_is_not_written(tmp_path, capsys):
+    driving = make_clip(tmp_path / "drive.mp4", driving_frames(), fps=12, tone=True)
+    model = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG]
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "frames/", *model], capsys)
+    assert code == 0, err
+    assert f"note: PNG frames carry no sound: the sound of {driving} is not written" in err
+    assert len(read_png_frames(tmp_path / "frames")) == 8
+    # Not when the sound was left out on purpose, nor when a video keeps it.
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "mute/", *model, "--no-audio"], capsys)
+    assert code == 0 and "sound" not in err, err
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "out.mp4", *model], capsys)
+    assert code == 0 and "sound" not in err and probe(tmp_path / "out.mp4").has_audio, err
+
+
+def test_gpu_options_on_the_cpu_get_a_note(tmp_path, capsys):
+    model = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--device", "cpu"]
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "half.gif", *model,
+                            "--precision", "fp16"], capsys)
+    assert code == 0, err
+    assert "note: --precision fp16 is meant for GPUs: on the CPU it runs slower than fp32, not faster\n" in err
+    assert iio.imread(tmp_path / "half.gif", index=None).shape[0] == 8
+    code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "full.gif", *model], capsys)
+    assert code == 0 and "meant for GPUs" not in err, err
+
+
+def test_compiling_on_a_machine_without_gpu_hides_torchs_cuda_home_warning(tmp_path):
+    # torch warns "No CUDA runtime is found" when it finds a CUDA toolkit (CUDA_HOME) but no GPU, the first
+    # time compiling imports torch.utils.cpp_extension. The control run shows the warning does appear there.
+    script = ("import sys\n"
+              "from fom_cli.animation import load_model\n"
+              "from fom_cli.config import load_config\n"
+              f"config = load_config({str(SMALL_CONFIG)!r})\n"
+              f"if sys.argv[1] == 'compile': load_model({str(SMALL_CHECKPOINT)!r}, config, compile=True)\n"
+              "import torch.utils.cpp_extension\n")
+    environment = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    control, compiled = (subprocess.run([sys.executable, "-c", script, what], capture_output=True, text=True,
+                                        env=environment, check=True) for what in ("control", "compile"))
+    assert "No CUDA runtime" in control.stderr
+    assert "No CUDA runtime" not in compiled.stderr, compiled.stderr
+
+
+def audio_loudness(path, start, end, rate=8000):
+    """Root mean square of a file's sound from `start` to `end` seconds (mono, int16 scale)."""
+    import imageio_ffmpeg
+
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "s16le",
+                             "-ac", "1", "-ar", str(rate), "-"], capture_output=True, check=True)
+    samples = np.frombuffer(result.stdout, dtype=np.int16).astype(np.float64)[round(start * rate):round(end * rate)]
+    return float(np.sqrt(np.mean(samples ** 2)))
+
+
+@pytest.fixture
+def tone_from_one_second(tmp_path):
+    """A 4 s driving clip at 12 fps (the fixture's frames, each shown for half a second), silent for its first
+    second and a 440 Hz tone after: a sound that shows where it was cut."""
+    import imageio_ffmpeg
+
+    frames = np.repeat(driving_frames(), 6, axis=0)  # 48 frames
+    silent = make_clip(tmp_path / "silent.mp4", frames, fps=12, tone=False)
+    path = tmp_path / "drive.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(silent), "-f", "lavfi", "-i",
+                    "aevalsrc='if(gte(t,1),0.5*sin(2*PI*440*t),0)':s=44100:d=4", "-map", "0:v", "-map", "1:a",
+                    "-c:v", "copy", "-c:a", "aac", str(path)], check=True)
+    return path
+
+
+def test_start_and_duration_select_frames_and_sound_by_time(tmp_path, capsys, tone_from_one_second):
+    driving = tone_from_one_second
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "cut.mp4", *MODEL, "--start", "1",
+                            "--duration", "2"], capsys)
+    assert code == 0, err
+    info = probe(tmp_path / "cut.mp4")
+    assert info.num_frames == 24 and info.fps == pytest.approx(12) and info.has_audio
+    assert info.duration == pytest.approx(2, abs=0.05)
+    # The sound was cut at 1 s too: the tone plays from the output's start. Uncut, the first second is silent.
+    assert audio_loudness(tmp_path / "cut.mp4", 0.1, 0.9) > 1000
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "whole.mp4", *MODEL], capsys)
+    assert code == 0, err
+    assert probe(tmp_path / "whole.mp4").num_frames == 48
+    whole = tmp_path / "whole.mp4"
+    assert audio_loudness(whole, 0.1, 0.9) < 50 and audio_loudness(whole, 1.1, 1.9) > 1000
+
+    # The frames are those shown from 1 s to before 3 s, frames 12 to 35, and motion is measured from the
+    # first of them: the same as animating a folder holding just those frames.
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "cut/", *MODEL, "--start", "1",
+                            "--duration", "2"], capsys)
+    assert code == 0, err
+    decoded = list(VideoReader(driving).frames())
+    (tmp_path / "part").mkdir()
+    for i, frame in enumerate(decoded[12:36]):
+        iio.imwrite(tmp_path / "part" / f"{i:06d}.png", frame)
+    code, _, err = run_cli(["animate", SOURCE, tmp_path / "part", "-o", tmp_path / "expected/", *MODEL], capsys)
+    assert code == 0, err
+    assert np.abs(read_png_frames(tmp_path / "cut") - read_png_frames(tmp_path / "expected")).max() <= 1e-6
+    # A start between frames takes the next frame, as ffmpeg's -ss does; no --duration runs to the end.
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "tail/", *MODEL, "--start", "3.45"], capsys)
+    assert code == 0, err
+    assert len(read_png_frames(tmp_path / "tail")) == 48 - 42
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--start", "4"], "--start 4 is past the end of"),
+    (["--start", "1.01", "--duration", "0.01"], "--duration 0.01 from 1.01 s holds no frame of"),
+    (["--start", "-1"], "argument --start: invalid non-negative number value: '-1'"),
+    (["--duration", "0"], "argument --duration: invalid positive number value: '0'"),
+])
+def test_start_and_duration_outside_the_video(tmp_path, capsys, tone_from_one_second, options, message):
+    code, _, err = run_cli(["animate", SOURCE, tone_from_one_second, "-o", tmp_path / "out.mp4", *MODEL, *options],
+                           capsys)
+    assert code == 2 and err.startswith("fom: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out.mp4").exists()

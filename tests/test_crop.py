@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -214,13 +215,16 @@ def test_print_ffmpeg_prints_a_working_command_and_writes_nothing(media_dir, tmp
     out_dir = tmp_path / "crops"
     code, out, err = fom_crop(media_dir / "astronaut.png", "-o", out_dir, "--print-ffmpeg", capsys=capsys)
     assert code == 0, err
-    assert len(out) == 1 and out[0].startswith("ffmpeg -i ") and "crop=" in out[0]
+    assert out[0] == f"mkdir -p {shlex.quote(str(out_dir))}"
+    assert len(out) == 2 and out[1].startswith("ffmpeg -i ") and "crop=" in out[1]
     assert not out_dir.exists()
 
-    # The command does what fom crop does.
-    out_dir.mkdir()
-    command = shlex.split(out[0])
-    subprocess.run([FFMPEG, "-v", "error", *command[1:]], check=True)
+    # The printed lines, run as they are by a shell (with ffmpeg on its PATH), do what fom crop does.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ffmpeg").symlink_to(FFMPEG)
+    subprocess.run(["sh", "-e", "-c", "\n".join(out)], check=True, capture_output=True,
+                   env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     by_ffmpeg = imageio.imread(out_dir / "astronaut_1.png")[..., :3].astype(np.float64)
     code, _, err = fom_crop(media_dir / "astronaut.png", "-o", tmp_path / "ours", capsys=capsys)
     ours = imageio.imread(tmp_path / "ours" / "astronaut_1.png").astype(np.float64)
@@ -254,7 +258,8 @@ def test_carphone_becomes_one_square_clip(tmp_path, capsys):
 def test_carphone_print_ffmpeg(tmp_path, capsys):
     code, out, err = fom_crop(CARPHONE, "-o", tmp_path / "clips", "--print-ffmpeg", capsys=capsys)
     assert code == 0, err
-    [command] = out
+    mkdir, command = out
+    assert mkdir == f"mkdir -p {tmp_path / 'clips'}"
     assert "-ss 0.000 -t 3.9" in command and "scale=256:256" in command
     assert command.endswith(str(tmp_path / "clips" / "carphone_pristine_1.mp4"))
     assert not (tmp_path / "clips").exists()
@@ -366,10 +371,16 @@ def test_photo_without_a_face(media_dir, tmp_path, capsys):
     assert not (tmp_path / "crops").exists()  # the folder the failed run made is gone too
 
 
-def test_photo_without_a_face_among_others_still_fails(media_dir, tmp_path, capsys):
-    code, out, err = fom_crop(media_dir / "astronaut.png", media_dir / "coffee.png", "-o", tmp_path, capsys=capsys)
-    assert_one_line_error(code, err, "no face found in", "coffee.png")
-    assert (tmp_path / "astronaut_1.png").exists()
+def test_photos_without_a_face_among_others_are_skipped_by_name_and_exit_1(media_dir, tmp_path, capsys):
+    moon = media_dir / "moon.png"
+    imageio.imwrite(moon, data.moon())
+    code, out, err = fom_crop(media_dir / "coffee.png", media_dir / "astronaut.png", moon, "-o", tmp_path / "crops",
+                              capsys=capsys)
+    assert code == 1
+    assert err == [f"fom: warning: skipped {media_dir / 'coffee.png'}: no face found",
+                   f"fom: warning: skipped {moon}: no face found",
+                   f"fom: warning: 2 of 3 inputs skipped: {media_dir / 'coffee.png'}, {moon}"]
+    assert [path.name for path in (tmp_path / "crops").iterdir()] == ["astronaut_1.png"]
 
 
 @pytest.fixture(scope="module")
@@ -381,19 +392,28 @@ def faceless_video(media_dir):
     return path
 
 
-def test_video_without_a_face_warns_and_fails_alone(faceless_video, tmp_path, capsys):
+def test_video_without_a_face_alone_is_the_error(faceless_video, tmp_path, capsys):
     code, out, err = fom_crop(faceless_video, "-o", tmp_path, capsys=capsys)
+    assert err == [f"fom: error: no face found in {faceless_video}"]
     assert code == 2
-    assert err[0] == f"fom: warning: no face found in {faceless_video}"
-    assert err[1].startswith("fom: error: no face found")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_video_without_a_face_next_to_one_with_faces(faceless_video, media_dir, tmp_path, capsys):
     code, out, err = fom_crop(faceless_video, media_dir / "astronaut.png", "-o", tmp_path, capsys=capsys)
-    assert code == 0
-    assert err == [f"fom: warning: no face found in {faceless_video}"]
+    assert code == 1
+    assert err == [f"fom: warning: skipped {faceless_video}: no face found",
+                   f"fom: warning: 1 of 2 inputs skipped: {faceless_video}"]
     assert [path.name for path in tmp_path.iterdir()] == ["astronaut_1.png"]
+
+
+def test_every_input_skipped_is_an_error(faceless_video, media_dir, tmp_path, capsys):
+    code, out, err = fom_crop(faceless_video, media_dir / "coffee.png", "-o", tmp_path, capsys=capsys)
+    assert code == 2
+    assert err == [f"fom: warning: skipped {faceless_video}: no face found",
+                   f"fom: warning: skipped {media_dir / 'coffee.png'}: no face found",
+                   "fom: error: no crop written: all 2 inputs were skipped (named in the warnings above)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_corrupt_inputs(tmp_path, capsys):

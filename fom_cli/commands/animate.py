@@ -18,8 +18,15 @@ from fom_cli.options import add_animation_options
 from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
 
 
+# The two forms that work, spelled out: argparse would make "SOURCE [DRIVING] [SOURCE [DRIVING] ...]" of
+# the positionals, which suggests pairs (A D1 B D2) that are refused.
+USAGE = ("%(prog)s SOURCE DRIVING -o OUTPUT [options]\n"
+         "       %(prog)s SOURCE [SOURCE ...] --driving VIDEO [VIDEO ...] -o OUTDIR [options]")
+
+
 def configure_parser(parser):
-    parser.add_argument("inputs", nargs="+", metavar="SOURCE [DRIVING]",
+    parser.usage = USAGE
+    parser.add_argument("inputs", nargs="+", metavar="SOURCE DRIVING",
                         help="a source image and a driving video (or a directory of frames); with --driving, "
                              "every positional is a source image")
     parser.add_argument("--driving", nargs="+", metavar="VIDEO",

@@ -3,12 +3,14 @@
   fom batch JOBS.csv --checkpoint vox-cpk.pth.tar [--skip-existing] [--json] [--shard I/N]
 
 JOBS.csv has a header with the columns source, driving, output and, optionally, per-job options:
-mode, adapt_scale, best_frame, find_best_frame, fit, fps, no_audio, side_by_side (an empty cell takes
+mode, adapt_scale, best_frame, find_best_frame, fit, fps, no_audio, side_by_side, start, duration (an empty cell takes
 the command-line value). Relative paths are relative to the jobs file's folder.
 
-A failed job prints one error line and the batch goes on (--fail-fast stops instead). Exit code: 0 when
-every job succeeded, 1 when some failed, 2 for a bad jobs file. `--shard I/N` runs jobs I, I+N, I+2N, ...
-(counting from 0), so N machines or GPUs can split one file with plain shell.
+A failed job prints one error line and the batch goes on (--fail-fast stops instead); a last line counts
+the jobs done, failed and skipped. Exit code: 0 when every job succeeded, 1 when some failed, 2 for a bad
+jobs file (one without jobs included). Jobs are numbered from 1 in the order of the file's rows, in
+messages, in --json and in --shard: `--shard I/N` (I from 1 to N) runs jobs I, I+N, I+2N, ..., so N
+machines or GPUs can split one file with plain shell.
 """
 
 import copy
@@ -21,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from fom_cli.errors import FomError, first_line, is_out_of_memory, os_error_message, out_of_memory_message
-from fom_cli.options import add_animation_options, non_negative_int, positive_float
+from fom_cli.options import add_animation_options, frame_rate, non_negative_float, non_negative_int, positive_float
 from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
@@ -47,8 +49,8 @@ def choice(*allowed):
 # column -> parser of its cells; the names are those of `fom animate`'s options.
 JOB_OPTIONS = {
     "mode": choice("relative", "absolute"), "adapt_scale": boolean, "best_frame": non_negative_int,
-    "find_best_frame": boolean, "fit": choice("crop", "pad", "stretch"), "fps": positive_float,
-    "no_audio": boolean, "side_by_side": boolean,
+    "find_best_frame": boolean, "fit": choice("crop", "pad", "stretch"), "fps": frame_rate,
+    "no_audio": boolean, "side_by_side": boolean, "start": non_negative_float, "duration": positive_float,
 }
 
 
@@ -59,8 +61,10 @@ def configure_parser(parser):
     going.add_argument("--keep-going", dest="fail_fast", action="store_false", default=False,
                        help="go on after a failed job (default)")
     going.add_argument("--fail-fast", dest="fail_fast", action="store_true", help="stop at the first failed job")
-    parser.add_argument("--json", action="store_true", help="print one JSON line per job on stdout")
-    parser.add_argument("--shard", default="0/1", metavar="I/N", help="run every N-th job starting at job I")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON line per job on stdout, and a last one with the counts")
+    parser.add_argument("--shard", default="1/1", metavar="I/N",
+                        help="run every N-th job starting at job I (jobs and I count from 1)")
     add_animation_options(parser)
 
 
@@ -68,9 +72,10 @@ def parse_shard(text):
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise FomError(f"--shard takes I/N (e.g. 0/4), not {text!r}") from None
-    if count < 1 or not 0 <= index < count:
-        raise FomError(f"--shard {text}: I must be between 0 and N-1")
+        raise FomError(f"--shard takes I/N (e.g. 1/4), not {text!r}") from None
+    if count < 1 or not 1 <= index <= count:
+        # Shards once counted from 0: such a script stops here instead of running another share of the jobs.
+        raise FomError(f"--shard {text}: I must be between 1 and N (shards count from 1, like the jobs)")
     return index, count
 
 
@@ -111,10 +116,14 @@ def read_jobs(path, defaults):
         if options.best_frame is not None and options.find_best_frame:
             raise FomError(f"jobs file {path}, job {number}: best_frame and find_best_frame exclude each other")
         jobs.append((number, options))
+    if not jobs:
+        # Most likely the wrong file or a generator that failed: say so rather than succeed at nothing.
+        raise FomError(f"jobs file {path} has no jobs (a header and no rows)")
     return jobs
 
 
 def run(args):
+    started = time.perf_counter()
     shard_index, shard_count = parse_shard(args.shard)
     jobs = read_jobs(args.jobs, args)
     # Every shard checks every job's output, as read_jobs checks every row: a clash between two shards'
@@ -123,10 +132,10 @@ def run(args):
                 if not (args.skip_existing and options.output.exists())]
     check_outputs([(options.source, options.driving, options.output) for _, options in to_write], args.overwrite,
                   job_names=[f"job {number}" for number, _ in to_write])
-    jobs = [job for i, job in enumerate(jobs) if i % shard_count == shard_index]
+    jobs = [(number, options) for number, options in jobs if (number - 1) % shard_count == shard_index - 1]
     model = load_requested_model(args)
 
-    failed = 0
+    counts = {"done": 0, "failed": 0, "skipped": 0}
     for number, options in jobs:
         report = {"job": number, "source": str(options.source), "driving": str(options.driving),
                   "output": str(options.output)}
@@ -139,17 +148,17 @@ def run(args):
                              options)
                 report["status"] = "done"
             except Exception as error:  # any job's failure, even a bug or a GPU out of memory, is that job's only
-                failed += 1
                 if os.environ.get("FOM_TRACEBACK") == "1":
                     traceback.print_exc()
                 message = job_error_message(error, options)
                 report.update(status="failed", error=message)
                 print(f"fom: error: job {number} ({options.source}, {options.driving}): {message}", file=sys.stderr)
-                if args.fail_fast:
-                    emit(report, start, args)
-                    break
+        counts[report["status"]] += 1
         emit(report, start, args)
-    return 1 if failed else 0
+        if args.fail_fast and report["status"] == "failed":
+            break
+    summarize(counts, len(jobs), started, args)
+    return 1 if counts["failed"] else 0
 
 
 def job_error_message(error, options):
@@ -172,3 +181,18 @@ def emit(report, start, args):
         print(json.dumps(report), flush=True)
     elif not args.quiet and report["status"] != "failed":
         print(f"{report['status']}: {report['output']}", file=sys.stderr)
+
+
+def summarize(counts, num_jobs, started, args):
+    """The last line: jobs done, failed, skipped (and not run, after --fail-fast stopped), and the time. It is
+    printed with --quiet too: it is the batch's result, not a note."""
+    seconds = round(time.perf_counter() - started, 1)
+    not_run = num_jobs - sum(counts.values())
+    if args.json:
+        print(json.dumps({"summary": True, "jobs": num_jobs, **counts, "not_run": not_run, "seconds": seconds}),
+              flush=True)
+        return
+    line = ", ".join(f"{count} {status}" for status, count in counts.items())
+    if not_run:
+        line += f", {not_run} not run (--fail-fast)"
+    print(f"{line} ({seconds:.1f} s)", file=sys.stderr)

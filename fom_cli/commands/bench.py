@@ -242,7 +242,8 @@ def bench_video(args, config, device):
         source_path = Path(folder) / "source.png"
         write_image(source_path, source)
         options = argparse.Namespace(mode="relative", adapt_scale=True, best_frame=None, find_best_frame=False,
-                                     fit="crop", fps=None, no_audio=False, side_by_side=False, quiet=args.quiet,
+                                     fit="crop", start=0.0, duration=None, fps=None, no_audio=False,
+                                     side_by_side=False, quiet=args.quiet,
                                      batch_size=args.batch_size, precision=args.precision)
         output = Path(folder) / "out.mp4"
         start = time.perf_counter()

@@ -7,7 +7,12 @@ Videos: faces are detected frame by frame and linked over time into "tubes", one
 in view. Every tube lasting at least --min-frames (default: one second) becomes a square clip,
 OUTDIR/<name>_<n>.mp4, with the input's frame rate and the matching stretch of its audio. The crop
 window is fixed over the whole tube (the union of the face's boxes, as the original crop-video.py) or,
-with --smooth, follows the face. --print-ffmpeg prints the original's ffmpeg commands instead.
+with --smooth, follows the face. --print-ffmpeg prints the original's ffmpeg commands instead (after the
+mkdir -p that creates OUTDIR).
+
+An input that gives no crop (no face, or none that stays --min-frames) is skipped with a warning naming
+it. Exit code: 0 when every input gave crops, 1 when some were skipped and others were cropped, 2 when
+nothing was cropped or for an error.
 
 --json prints one line per crop written: input, output, box (the crop window, [left, top, right,
 bottom] in input pixels; it reaches past the frame where the crop has black borders; for --smooth, the
@@ -37,6 +42,7 @@ from fom_cli.media.images import IMAGE_EXTENSIONS, read_image, write_image
 from fom_cli.media.video_in import VideoReader
 from fom_cli.media.video_out import VideoWriter
 from fom_cli.options import add_device, add_quiet, fraction, non_negative_float, positive_int
+from fom_cli.progress import progress_bar
 
 # Photos are single detections, so the detector may look at a larger copy than for every video frame:
 # this many times its usual limit on the working copy's longer side.
@@ -99,7 +105,23 @@ def ffmpeg_command(input_path, output_path, window, frame_size, size, start=None
             f"{shlex.quote(str(output_path))}")
 
 
+def print_ffmpeg(command, output_dir, args):
+    """Print one of --print-ffmpeg's commands; the first comes after the mkdir that creates the folder they
+    all write into (ffmpeg does not create it)."""
+    if not args.printed_mkdir:
+        print(f"mkdir -p {shlex.quote(str(output_dir))}")
+        args.printed_mkdir = True
+    print(command)
+
+
 # --- the command -----------------------------------------------------------------------------------------
+
+class Skipped(BadInput):
+    """An input that gave no crop. Among several inputs it is skipped with a warning; alone, it is the error."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{reason} in {path}")
+        self.path, self.reason = path, reason
 
 def run(args):
     """Crop every input; a run that fails removes the output folders it created, when they are empty."""
@@ -133,23 +155,27 @@ def crop_inputs(args):
     if args.detector == "auto":
         note(f"using the {detector.name} face detector", args)
 
+    args.printed_mkdir = False
     crops_written = 0
-    photos_without_faces = []
-    for input_path in tqdm(inputs, desc="inputs", unit="input", disable=args.quiet or len(inputs) == 1,
-                           file=sys.stderr):
-        if is_photo(input_path):
-            written = crop_photo(input_path, output_dir, detector, args)
-            if written == 0:
-                photos_without_faces.append(input_path)
-        else:
-            written = crop_video(input_path, output_dir, detector, args)
-        crops_written += written
+    skipped = []
+    for input_path in progress_bar(inputs, desc="inputs", unit="input", disable=args.quiet or len(inputs) == 1):
+        try:
+            if is_photo(input_path):
+                crops_written += crop_photo(input_path, output_dir, detector, args)
+            else:
+                crops_written += crop_video(input_path, output_dir, detector, args)
+        except Skipped as skip:
+            if len(inputs) == 1:
+                raise
+            warn(f"skipped {skip.path}: {skip.reason}")
+            skipped.append(skip.path)
 
-    if photos_without_faces:
-        others = f" (and {len(photos_without_faces) - 1} more photos)" if len(photos_without_faces) > 1 else ""
-        raise BadInput(f"no face found in {photos_without_faces[0]}{others}")
-    if crops_written == 0:
-        raise BadInput("no face found in any input" if len(inputs) > 1 else f"no face found in {inputs[0]}")
+    if skipped and crops_written == 0:
+        raise BadInput(f"no crop written: all {len(inputs)} inputs were skipped (named in the warnings above)")
+    if skipped:
+        # Partial success: the crops stay, and scripts can tell this run from a complete one by its exit code.
+        warn(f"{len(skipped)} of {len(inputs)} inputs skipped: {', '.join(str(path) for path in skipped)}")
+        return 1
     return 0
 
 
@@ -225,12 +251,15 @@ def crop_photo(input_path, output_dir, detector, args):
     image = face_detection.as_rgb_uint8(read_image(input_path))
     frame_height, frame_width = image.shape[:2]
     found = detector.detect(image, max_side=PHOTO_DETAIL * detector.max_side)
+    if not found:
+        raise Skipped(input_path, "no face found")
     chosen = found if args.all_faces else found[:1]
     for number, face in enumerate(chosen, start=1):
         window = square_window(face.box, args.increase, frame_height, frame_width)
         output_path = output_dir / output_name(input_path, number)
         if args.print_ffmpeg:
-            print(ffmpeg_command(input_path, output_path, window, (frame_height, frame_width), args.size))
+            print_ffmpeg(ffmpeg_command(input_path, output_path, window, (frame_height, frame_width), args.size),
+                         output_dir, args)
             continue
         write_image(output_path, cut(image, window, args.size))
         report(args, {"input": str(input_path), "output": str(output_path), "box": list(window.box),
@@ -247,8 +276,8 @@ def crop_video(input_path, output_dir, detector, args):
     # Pass 1: find the faces. The detector dominates the time; decoding runs in media's background thread.
     detections = []
     num_frames = 0
-    frames = tqdm(reader.frames(), total=reader.num_frames or None, desc=f"faces in {input_path.name}",
-                  unit="frame", disable=args.quiet, leave=False, file=sys.stderr)
+    frames = progress_bar(reader.frames(), total=reader.num_frames or None, desc=f"faces in {input_path.name}",
+                          unit="frame", disable=args.quiet, leave=False)
     for frame_index, frame in enumerate(frames):
         num_frames += 1
         frame_size = frame.shape[:2]
@@ -266,18 +295,15 @@ def crop_video(input_path, output_dir, detector, args):
         if last_frame - tube.first_frame + 1 >= min_frames:
             clips.append(clip_for_tube(len(clips) + 1, tube, last_frame, frame_size, args.increase, args.smooth, fps))
     if not clips:
-        if tubes:
-            warn(f"no face stays {min_frames} frames (--min-frames) in {input_path}; no clip written")
-        else:
-            warn(f"no face found in {input_path}")
-        return 0
+        raise Skipped(input_path, f"no face stays {min_frames} frames (--min-frames)" if tubes else "no face found")
 
     if args.print_ffmpeg:
         for clip in clips:
             output_path = output_dir / output_name(input_path, clip.number)
-            print(ffmpeg_command(input_path, output_path, clip.windows[0], frame_size, args.size,
-                                 start=clip.first_frame / fps,
-                                 duration=(clip.last_frame - clip.first_frame + 1) / fps))
+            print_ffmpeg(ffmpeg_command(input_path, output_path, clip.windows[0], frame_size, args.size,
+                                        start=clip.first_frame / fps,
+                                        duration=(clip.last_frame - clip.first_frame + 1) / fps),
+                         output_dir, args)
         return len(clips)
 
     write_clips(input_path, output_dir, reader, clips, args)
@@ -290,8 +316,9 @@ def write_clips(input_path, output_dir, reader, clips, args):
     first_needed = min(clip.first_frame for clip in clips)
     last_needed = max(clip.last_frame for clip in clips)
     open_writers = {}  # clip number -> VideoWriter, entered
-    frames = tqdm(reader.frames(start=first_needed, stop=last_needed + 1), total=last_needed + 1 - first_needed,
-                  desc=f"clips of {input_path.name}", unit="frame", disable=args.quiet, leave=False, file=sys.stderr)
+    frames = progress_bar(reader.frames(start=first_needed, stop=last_needed + 1),
+                          total=last_needed + 1 - first_needed, desc=f"clips of {input_path.name}", unit="frame",
+                          disable=args.quiet, leave=False)
     try:
         for frame_index, frame in enumerate(frames, start=first_needed):
             for clip in clips:

@@ -9,7 +9,6 @@ metrics.json holds:
         reconstruction and in the frame (face-alignment's model; skipped when its weights are not cached)
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +57,7 @@ def _landmark_model(device):
 def evaluate(checkpoint, data_dir, out_dir, config=None, device="cpu", batch_size=None, max_videos=None,
              fps=DEFAULT_FPS, quiet=True):
     """Reconstruct every test video, write the outputs and metrics.json; returns the metrics dict."""
-    from tqdm import tqdm
+    from fom_cli.progress import progress_bar
 
     from fom_cli.training.data import FramesDataset
 
@@ -77,7 +76,7 @@ def evaluate(checkpoint, data_dir, out_dir, config=None, device="cpu", batch_siz
     landmarks, akd_note = _landmark_model(device)
 
     l1, copy_source_l1, akd_per_video = {}, {}, {}
-    for index in tqdm(indices, desc="reconstruct", unit="video", file=sys.stderr, disable=quiet):
+    for index in progress_bar(indices, desc="reconstruct", unit="video", disable=quiet):
         item = dataset[index]
         name, video = item["name"], item["video"].transpose(1, 2, 3, 0)   # (3, T, H, W) -> (T, H, W, 3)
         predictions = reconstruct_video(kp_detector, generator, video, batch_size)

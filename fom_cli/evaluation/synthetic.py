@@ -4,16 +4,14 @@ Real videos have no ground truth for "identity A moving like identity B". `fom s
 appearance and motion separately, so A rendered with B's motion is exactly the right answer.
 """
 
-import sys
-
 import numpy as np
-from tqdm import tqdm
 
 from fom_cli.animation import Animator
 from fom_cli.config import frame_size
 from fom_cli.errors import FomError
 from fom_cli.evaluation.reconstruction import l1_distance
 from fom_cli.media.images import to_uint8
+from fom_cli.progress import progress_bar
 from fom_cli.training.synth import render_video, sample_identity, sample_motion
 
 # Training data sets come from `fom synth --seed K` with K small; the pairs here use their own stream
@@ -41,7 +39,7 @@ def evaluate_pairs(kp_detector, generator, config, pairs, num_frames, seed, adap
     if height != width:
         raise FomError("evaluate-synth renders square frames; the model's frame_shape is not square")
     per_pair, strips = [], []
-    for index in tqdm(range(pairs), desc="pairs", unit="pair", file=sys.stderr, disable=quiet):
+    for index in progress_bar(range(pairs), desc="pairs", unit="pair", disable=quiet):
         driving, truth = synth_pair(seed, index, num_frames, height)
         driving, truth = driving.astype(np.float32) / 255, truth.astype(np.float32) / 255
         animator = Animator(kp_detector, generator, truth[0], mode="relative", adapt_scale=adapt_scale)

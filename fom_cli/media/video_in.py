@@ -280,17 +280,22 @@ class VideoReader:
         self.duration = info.duration
         self.announced_frames = info.announced_frames or info.num_frames
         self.frames_decoded = 0
+        self._latest_range = (0, None)
 
     def __repr__(self):
         return (f"VideoReader({self.path!r}, fps={self.fps:.3f}, size={self.size}, "
                 f"num_frames={self.num_frames}, has_audio={self.has_audio})")
 
     def shortfall(self) -> Optional[str]:
-        """After reading every frame (frames() with no range): a warning, without the "warning:" prefix,
-        when the video gave fewer frames than its header announces (a cut-off file); None otherwise."""
-        if not self.announced_frames or self.frames_decoded >= self.announced_frames:
+        """After reading the frames of the latest frames() call: a warning, without the "warning:" prefix,
+        when the video gave fewer of them than its header announces (a cut-off file); None otherwise."""
+        start, stop = self._latest_range
+        if not self.announced_frames or start >= self.announced_frames:
             return None
-        return (f"{self.path} ended after {self.frames_decoded} frames, but its header announces "
+        expected = min(stop, self.announced_frames) if stop is not None else self.announced_frames
+        if self.frames_decoded >= expected - start:
+            return None
+        return (f"{self.path} ended after {start + self.frames_decoded} frames, but its header announces "
                 f"{self.announced_frames}: the file is probably cut off (an incomplete download or copy)")
 
     def frames(self, start=0, stop=None) -> Iterator[np.ndarray]:
@@ -301,6 +306,7 @@ class VideoReader:
         """
         if start < 0 or (stop is not None and stop < start):
             raise ValueError(f"bad frame range: start={start}, stop={stop}")
+        self._latest_range = (start, stop)
         self.frames_decoded = 0
         if os.path.isdir(self.path):
             decoded = self._decode_directory(start, stop)

@@ -203,7 +203,7 @@ def train_epochs(args, run):
 
 def train_one_epoch(args, run, loader, epoch, log, history, iteration_seconds, show_progress):
     """Every batch of one epoch; returns (loss sums, the last batch, its generated outputs)."""
-    from tqdm import tqdm
+    from fom_cli.progress import progress_bar
 
     train_params = run.config["train_params"]
     weights = loss_weights(train_params)
@@ -212,8 +212,8 @@ def train_one_epoch(args, run, loader, epoch, log, history, iteration_seconds, s
     # exactly what the uninterrupted one would have.
     warp_generator = torch.Generator().manual_seed(stream_seed(args.seed, epoch, run.rank))
     sums = {}
-    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{train_params['num_epochs']}", file=sys.stderr,
-                    disable=not show_progress, dynamic_ncols=True, leave=False)
+    progress = progress_bar(loader, desc=f"epoch {epoch + 1}/{train_params['num_epochs']}",
+                            disable=not show_progress, dynamic_ncols=True, leave=False)
     started = time.perf_counter()
     for index, batch in enumerate(progress):
         transform = None

@@ -3,7 +3,6 @@ folders of PNG frames, DIR/train/id<identity>#<clip>/0000000.png ..., in the lay
 reads. The same seed gives the same bytes for any number of workers."""
 
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -71,9 +70,9 @@ def _write_video(folder, video, frames, size, seed):
 
 def render_all(jobs, workers, quiet):
     """Render every planned video, in `workers` processes, with a progress bar."""
-    from tqdm import tqdm
+    from fom_cli.progress import progress_bar
 
-    progress = tqdm(total=len(jobs), desc="synth", unit="video", file=sys.stderr, disable=quiet)
+    progress = progress_bar(total=len(jobs), desc="synth", unit="video", disable=quiet)
     if workers == 1:
         for job in jobs:
             _write_video(*job)
