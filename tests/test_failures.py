@@ -148,7 +148,9 @@ def test_a_batch_survives_any_exception_in_one_job(tmp_path, capsys, monkeypatch
     jobs.write_text("source,driving,output\n" + "".join(f"{SOURCE},{DRIVING_DIR},out{i}.mp4\n" for i in range(3)))
     code, out, err = run_cli(["batch", jobs, *MODEL, "--json"], capsys)
     assert code == 1
-    assert [json.loads(line)["status"] for line in out.splitlines()] == ["done", "failed", "done"]
+    *job_lines, summary = [json.loads(line) for line in out.splitlines()]
+    assert [line["status"] for line in job_lines] == ["done", "failed", "done"]
+    assert summary["summary"] and (summary["done"], summary["failed"], summary["skipped"]) == (2, 1, 0)
     errors = err.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("fom: error: job 2") and "illegal memory access" in errors[0]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["jobs.csv", "out0.mp4", "out2.mp4"]
