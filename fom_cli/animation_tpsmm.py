@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fom_cli.animation import AUTOCAST_DTYPES, to_tensor
-from fom_cli.errors import FomError
-from fom_cli.models.tpsmm import movement_scale, relative_keypoints
+from fom_cli.animation import AUTOCAST_DTYPES, CompiledOrEager, check_animation_mode, to_tensor
+from fom_cli.checkpoint import load_state
+from fom_cli.models.tpsmm import build_tpsmm_networks, movement_scale, relative_keypoints
 
 # --mode name -> what the keypoints are; "absolute" is the original demo's "standard".
 TPSMM_MODES = ("relative", "absolute", "avd")
@@ -55,6 +55,37 @@ class TpsModel(nn.Module):
         self.bg_predictor = bg_predictor
 
 
+def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True):
+    """(keypoint detector, TpsModel) from a TPSMM checkpoint dict, in eval mode on `device`.
+
+    Every network the checkpoint and the config both have is loaded and checked tensor by tensor: the
+    avd_network when the checkpoint has one, the bg_predictor when the config has bg: True (the original
+    demo skips it, its reconstruction uses it). Optimiser states are never read (the file is memory-mapped).
+    optimize: reserved for the exact inference rewrites (FOMM's BatchNorm folding does not apply: TPSMM's
+    networks use instance normalisation).
+    """
+    # Built on the meta device and allocated uninitialised, as load_model does for FOMM.
+    with torch.device("meta"):
+        networks = build_tpsmm_networks(config["model_params"])
+    for name in ("avd_network", "bg_predictor"):
+        if name in networks and name not in checkpoint:
+            del networks[name]
+    for name, network in networks.items():
+        network.to_empty(device=device)
+        load_state(network, checkpoint[name], name, path)
+        network.eval()
+    model = TpsModel(networks["inpainting_network"], networks["dense_motion_network"], networks.get("avd_network"),
+                     networks.get("bg_predictor"))
+    return networks["kp_detector"], model
+
+
+def compile_tps_networks(kp_detector, model):
+    """torch.compile, in place, what TpsAnimator runs per driving batch (see animation.compile_networks)."""
+    kp_detector.forward = CompiledOrEager(kp_detector.forward, "keypoint detector")
+    model.dense_motion_network.motion = CompiledOrEager(model.dense_motion_network.motion, "dense motion network")
+    model.inpainting_network.decode = CompiledOrEager(model.inpainting_network.decode, "inpainting decoder")
+
+
 class TpsAnimator:
     """Animates one source image with batches of driving frames, like animation.Animator.
 
@@ -65,11 +96,9 @@ class TpsAnimator:
 
     def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True, precision="fp32",
                  background=False):
+        check_animation_mode(generator, mode)
         if mode not in TPSMM_MODES:
             raise ValueError(f"unknown animation mode '{mode}': use one of {', '.join(TPSMM_MODES)}")
-        if mode == "avd" and generator.avd_network is None:
-            raise FomError("--mode avd needs the checkpoint's avd_network, which this checkpoint does not have "
-                           "(use --mode relative or absolute)")
         if background and generator.bg_predictor is None:
             raise ValueError("background motion needs the model's bg_predictor")
         self.kp_detector = kp_detector

@@ -4,14 +4,16 @@
 import gzip
 import shutil
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, make_clip, run_cli
 from fom_cli.animation_tpsmm import TpsAnimator, TpsModel
 from fom_cli.config import load_config
 from fom_cli.errors import FomError
+from fom_cli.media.video_in import probe
 from fom_cli.models.tpsmm import build_tpsmm_networks
 
 TPSMM_PARITY = FIXTURES / "tpsmm-parity"
@@ -99,5 +101,80 @@ def test_relative_motion_is_measured_from_the_initial_frame_with_adapt_scale(net
 
 
 def test_avd_mode_without_the_avd_network_is_one_clear_error(networks, reference):
-    with pytest.raises(FomError, match="--mode avd needs the checkpoint's avd_network"):
+    with pytest.raises(FomError, match="--mode avd needs the AVD network"):
         animator(networks, reference["source"], "avd", avd=False)
+
+
+# --- fom animate with a TPSMM checkpoint ----------------------------------------------------------------------
+
+@pytest.fixture
+def inputs(tmp_path, reference):
+    """The fixture's source as a PNG and its driving frames as a folder of PNGs (lossless: the arrays are
+    uint8 / 255)."""
+    source = tmp_path / "source.png"
+    iio.imwrite(source, to_uint8(reference["source"]))
+    driving = tmp_path / "driving"
+    driving.mkdir()
+    for i, frame in enumerate(reference["driving"]):
+        iio.imwrite(driving / f"{i:05d}.png", to_uint8(frame))
+    return source, driving
+
+
+def to_uint8(frames):
+    return np.round(np.asarray(frames) * 255).astype(np.uint8)
+
+
+def read_png_frames(directory):
+    return np.stack([iio.imread(path) for path in sorted(directory.glob("*.png"))]).astype(np.float32) / 255
+
+
+@pytest.mark.parametrize("mode", ["relative", "absolute", "avd"])
+def test_animate_writes_the_original_predictions(tmp_path, capsys, small_checkpoint, inputs, reference, mode):
+    source, driving = inputs
+    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out/", "--checkpoint", small_checkpoint,
+                            "--config", SMALL_CONFIG, "--mode", mode, "--batch-size", "4", "--quiet"], capsys)
+    assert code == 0, err
+    frames = read_png_frames(tmp_path / "out")
+    # The original's frames, rounded to 8 bits (batched AVD adds up to 3e-4: see above).
+    assert max_difference(frames, reference[f"{ORIGINAL_MODE[mode]}_prediction"]) <= 1 / 255 / 2 + 5e-4
+
+
+def test_an_mp4_with_sound_keeps_its_frames_and_audio_and_side_by_side_draws_the_keypoints(
+        tmp_path, capsys, small_checkpoint, inputs, reference):
+    source, _ = inputs
+    clip = make_clip(tmp_path / "drive.mp4", to_uint8(np.concatenate([reference["driving"]] * 3)), fps=12)
+    model = ["--checkpoint", small_checkpoint, "--config", SMALL_CONFIG, "--quiet"]
+    code, _, err = run_cli(["animate", source, clip, "-o", tmp_path / "out.mp4", *model], capsys)
+    assert code == 0, err
+    info = probe(tmp_path / "out.mp4")
+    assert info.has_audio and info.num_frames == 24 and abs(info.fps - 12) < 1e-3 and info.size == (128, 128)
+
+    code, _, err = run_cli(["animate", source, clip, "-o", tmp_path / "panels/", "--side-by-side", *model], capsys)
+    assert code == 0, err
+    panels = read_png_frames(tmp_path / "panels")
+    assert panels.shape == (24, 128, 3 * 128, 3)
+    # The source panel: the source with its first keypoint drawn in red where the original puts it.
+    x, y = np.round((reference["kp_source"][0] + 1) / 2 * 127).astype(int)
+    assert np.array_equal(panels[0, y, x], [1, 0, 0])
+    untouched = np.all(np.abs(panels[0, :, :128] - reference["source"]) < 1e-6, axis=-1)
+    assert 0.8 < untouched.mean() < 1
+
+
+def test_avd_needs_a_tpsmm_checkpoint_with_its_avd_network(tmp_path, capsys, small_checkpoint, inputs):
+    source, driving = inputs
+    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out.mp4", "--checkpoint",
+                            FIXTURES / "fomm-parity" / "small.pth.tar", "--config",
+                            FIXTURES / "fomm-parity" / "small.yaml", "--mode", "avd"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Thin-Plate Spline" in err
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    del checkpoint["avd_network"]
+    torch.save(checkpoint, tmp_path / "no-avd.pth.tar")
+    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out.mp4", "--checkpoint",
+                            tmp_path / "no-avd.pth.tar", "--config", SMALL_CONFIG, "--mode", "avd"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no avd_network" in err
+    assert not (tmp_path / "out.mp4").exists()
+    # Relative motion does not need it.
+    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out.mp4", "--checkpoint",
+                            tmp_path / "no-avd.pth.tar", "--config", SMALL_CONFIG, "--quiet"], capsys)
+    assert code == 0, err
+    assert probe(tmp_path / "out.mp4").num_frames == 8

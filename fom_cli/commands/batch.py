@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from fom_cli.errors import FomError
-from fom_cli.options import add_animation_options, non_negative_int, positive_float
+from fom_cli.options import ANIMATION_MODES, add_animation_options, non_negative_int, positive_float
 from fom_cli.pipeline import animate_pair, check_driving, check_source, load_requested_model
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
@@ -44,7 +44,7 @@ def choice(*allowed):
 
 # column -> parser of its cells; the names are those of `fom animate`'s options.
 JOB_OPTIONS = {
-    "mode": choice("relative", "absolute"), "adapt_scale": boolean, "best_frame": non_negative_int,
+    "mode": choice(*ANIMATION_MODES), "adapt_scale": boolean, "best_frame": non_negative_int,
     "find_best_frame": boolean, "fit": choice("crop", "pad", "stretch"), "fps": positive_float,
     "no_audio": boolean, "side_by_side": boolean,
 }
