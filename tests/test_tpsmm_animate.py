@@ -2,6 +2,7 @@
 (tests/fixtures/tpsmm-parity/small.npz), and `fom animate` end to end with the fixture's checkpoint."""
 
 import gzip
+import json
 import shutil
 
 import imageio.v3 as iio
@@ -178,3 +179,15 @@ def test_avd_needs_a_tpsmm_checkpoint_with_its_avd_network(tmp_path, capsys, sma
                             tmp_path / "no-avd.pth.tar", "--config", SMALL_CONFIG, "--quiet"], capsys)
     assert code == 0, err
     assert probe(tmp_path / "out.mp4").num_frames == 8
+
+
+def test_bench_compares_the_original_loop_with_the_tps_animator(capsys, one_torch_thread):
+    code, out, err = run_cli(["bench", "animate", "--config", SMALL_CONFIG, "--size", "64", "--frames", "2",
+                              "--repeats", "1", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["family"] == "tpsmm" and report["size"] == [64, 64] and report["frames"] == 2
+    assert report["max_abs_difference"] <= 1e-4
+    assert report["pipeline_fps"] > 0 and report["straightforward_fps"] > 0 and report["speedup"] > 0
+    # The source's side (its encoding, downsampling and heatmaps) is gone from the per-frame cost.
+    assert report["pipeline_gflop_per_frame"] < report["gflop_per_frame"]
