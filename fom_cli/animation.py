@@ -5,6 +5,9 @@ the chosen start frame) is applied to the source's keypoints, so the source keep
 borrows the motion. Absolute motion uses the driving keypoints as they are (the reconstruction protocol:
 source and driving are the same object). Adapt-scale multiplies relative displacements by the ratio of
 the two keypoint clouds' sizes (square roots of their convex-hull areas).
+
+Thin-Plate Spline Motion Model checkpoints load through the same load_model and animate with
+animation_tpsmm.TpsAnimator, which has the Animator's interface; `animator_class` picks the one for a model.
 """
 
 import contextlib
@@ -14,7 +17,8 @@ import warnings
 import numpy as np
 import torch
 
-from fom_cli.checkpoint import infer_config, load_state, read_checkpoint
+from fom_cli.checkpoint import checkpoint_family, infer_config, load_state, read_checkpoint
+from fom_cli.config import config_family, config_name
 from fom_cli.errors import BadCheckpoint, FomError
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.models.inference import optimize_for_inference
@@ -131,11 +135,28 @@ def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", o
     optimize: apply the exact inference rewrites (models/inference.py); False keeps the original blocks.
     precision: what the Animator will run in; CPU float32 gets oneDNN-prepacked weights.
     compile: torch.compile what runs per driving batch (compile_networks).
+
+    A TPSMM checkpoint gives its keypoint detector and, in the generator's place, an animation_tpsmm.TpsModel
+    (animator_class(generator) animates either).
     """
     checkpoint = read_checkpoint(checkpoint_path)
     note = None
     if config is None:
         config, note = infer_config(checkpoint, checkpoint_path)
+    family = checkpoint_family(checkpoint)
+    if config_family(config) != family:
+        raise BadCheckpoint(f"{checkpoint_path} is a {family.upper()} checkpoint, but config {config_name(config)} "
+                            f"is a {config_family(config).upper()} one")
+    if family == "tpsmm":
+        from fom_cli.animation_tpsmm import compile_tps_networks, load_tps_networks
+
+        if align_corners is False:
+            raise FomError("--align-corners false: TPSMM models always sample with align_corners=True")
+        kp_detector, model = load_tps_networks(checkpoint, config, checkpoint_path, device, optimize=optimize)
+        del checkpoint
+        if compile:
+            compile_tps_networks(kp_detector, model)
+        return config, kp_detector, model, note
     # Built on the meta device and allocated uninitialised: no random initialisation that the checkpoint
     # overwrites anyway. The checkpoint is memory-mapped; releasing it unmaps the file.
     with torch.device("meta"):
@@ -158,6 +179,29 @@ def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", o
     if compile:
         compile_networks(kp_detector, generator)
     return config, kp_detector, generator, note
+
+
+def animator_class(generator):
+    """Animator for a FOMM generator, animation_tpsmm.TpsAnimator for a TPSMM model (what load_model gave):
+    both take (kp_detector, generator, source, mode, adapt_scale, precision)."""
+    from fom_cli.animation_tpsmm import TpsAnimator, TpsModel
+
+    return TpsAnimator if isinstance(generator, TpsModel) else Animator
+
+
+def check_animation_mode(generator, mode, checkpoint="the checkpoint"):
+    """FomError, before any work, for a --mode the model cannot animate in: avd needs a TPSMM checkpoint with
+    an avd_network."""
+    if mode != "avd":
+        return
+    from fom_cli.animation_tpsmm import TpsModel
+
+    if not isinstance(generator, TpsModel):
+        raise FomError("--mode avd needs a Thin-Plate Spline Motion Model checkpoint (with its AVD network); "
+                       "FOMM models animate in relative or absolute mode")
+    if generator.avd_network is None:
+        raise FomError(f"--mode avd needs the AVD network, and {checkpoint} has no avd_network; use --mode "
+                       "relative or absolute")
 
 
 class CompiledOrEager:
@@ -219,6 +263,9 @@ class Animator:
     """
 
     def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True, precision="fp32"):
+        check_animation_mode(generator, mode)
+        if mode not in ("relative", "absolute"):
+            raise ValueError(f"unknown animation mode '{mode}': use relative or absolute")
         self.kp_detector = kp_detector
         self.generator = generator
         self.mode = mode

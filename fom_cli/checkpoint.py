@@ -1,8 +1,10 @@
-"""Checkpoints: the original FOMM files and ours, read safely, written atomically.
+"""Checkpoints: the original FOMM and TPSMM files and ours, read safely, written atomically.
 
-Original files (vox-cpk.pth.tar, ...) are dicts of state dicts: generator, kp_detector, optionally
-discriminator, optimiser states and the epoch. They come in torch's zip format or the legacy format, and
-some were saved from DataParallel with a "module." prefix on every key.
+Original FOMM files (vox-cpk.pth.tar, ...) are dicts of state dicts: generator, kp_detector, optionally
+discriminator, optimiser states and the epoch. Original TPSMM files (vox.pth.tar, ...) hold
+inpainting_network, dense_motion_network, kp_detector, avd_network, bg_predictor (all but mgif's; used in
+training only) and optimiser states. They come in torch's zip format or the legacy format, and some were
+saved from DataParallel with a "module." prefix on every key.
 
 Ours are the same dict (the original key names, so the original code can read them too) plus
 `config` (the YAML dict that built the networks) and `fom` (a small metadata dict). Every load uses
@@ -11,6 +13,7 @@ weights_only=True: a checkpoint is data and must never run code.
 
 import os
 import pickle
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -18,12 +21,15 @@ from pathlib import Path
 import torch
 
 from fom_cli import __version__
-from fom_cli.config import bundled_config_names, bundled_dir, config_name, load_config, validate, \
+from fom_cli.config import bundled_config_names, bundled_dir, config_family, config_name, load_config, validate, \
     without_private_keys
 from fom_cli.errors import BadCheckpoint, BadConfig, BadInput, FomError, first_line
 from fom_cli.media.files import write_bytes_with
 
 NETWORKS = ("generator", "kp_detector", "discriminator")
+# TPSMM's networks, in the original checkpoints' order; the first three are what every TPSMM file has.
+TPSMM_NETWORKS = ("inpainting_network", "dense_motion_network", "kp_detector", "bg_predictor", "avd_network")
+TPSMM_REQUIRED = TPSMM_NETWORKS[:3]
 
 # Trained by us on `fom synth` cartoon faces (checkpoints/README.md is its model card).
 BUNDLED_MODEL = "toon-128.pth"
@@ -127,14 +133,25 @@ def read_checkpoint(path):
         raise BadCheckpoint(f"{path} is a damaged or cut-off checkpoint ({first_line(error)}); "
                             f"{DOWNLOAD_HINT}") from None
 
-    if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in ("generator", "kp_detector")):
-        raise BadCheckpoint(f"{path} is not a FOMM checkpoint: it has no 'generator' and 'kp_detector' weights")
-    for network in NETWORKS:
+    family = checkpoint_family(checkpoint) if isinstance(checkpoint, dict) else None
+    if family is None:
+        raise BadCheckpoint(f"{path} is neither a FOMM checkpoint (no 'generator' and 'kp_detector' weights) nor a "
+                            "TPSMM one (no 'inpainting_network', 'dense_motion_network' and 'kp_detector')")
+    for network in NETWORKS if family == "fomm" else TPSMM_NETWORKS:
         if network in checkpoint:
             if not isinstance(checkpoint[network], dict):
                 raise BadCheckpoint(f"{path}: '{network}' is not a state dict")
             checkpoint[network] = _strip_module_prefix(checkpoint[network])
     return checkpoint
+
+
+def checkpoint_family(checkpoint):
+    """'tpsmm' or 'fomm' by the networks a checkpoint dict holds, None when it is neither."""
+    if all(network in checkpoint for network in TPSMM_REQUIRED):
+        return "tpsmm"
+    if all(network in checkpoint for network in ("generator", "kp_detector")):
+        return "fomm"
+    return None
 
 
 def save_checkpoint(path, checkpoint):
@@ -188,11 +205,19 @@ def make_checkpoint(config, networks, **extra):
 # --- which config built this checkpoint? ------------------------------------------------------------------
 
 def expected_shapes(config, networks=("generator", "kp_detector")):
-    """{network: {key: shape}} of the networks a config builds, computed without allocating weights."""
+    """{network: {key: shape}} of the networks a config builds, computed without allocating weights. The
+    names are the checkpoint's keys of the config's family (FOMM's, or TPSMM's TPSMM_NETWORKS)."""
     from fom_cli.models import build_discriminator, build_generator, build_keypoint_detector
+    from fom_cli.models import tpsmm
 
-    builders = {"generator": build_generator, "kp_detector": build_keypoint_detector,
-                "discriminator": build_discriminator}
+    if config_family(config) == "tpsmm":
+        builders = {"inpainting_network": tpsmm.build_inpainting_network,
+                    "dense_motion_network": tpsmm.build_dense_motion_network,
+                    "kp_detector": tpsmm.build_tps_keypoint_detector, "bg_predictor": tpsmm.build_bg_predictor,
+                    "avd_network": tpsmm.build_avd_network}
+    else:
+        builders = {"generator": build_generator, "kp_detector": build_keypoint_detector,
+                    "discriminator": build_discriminator}
     shapes = {}
     with torch.device("meta"):
         for network in networks:
@@ -229,8 +254,13 @@ def infer_config(checkpoint, path="checkpoint"):
             validate(config)
         except BadConfig as error:
             raise BadCheckpoint(f"{path} carries an invalid config: {error}") from None
+        if config_family(config) != checkpoint_family(checkpoint):
+            raise BadCheckpoint(f"{path} holds {checkpoint_family(checkpoint).upper()} networks but carries a "
+                                f"{config_family(config).upper()} config")
         config["_name"] = checkpoint.get("fom", {}).get("config_name", "checkpoint")
         return config, f"using the config stored in {Path(path).name} ({config['_name']})"
+    if checkpoint_family(checkpoint) == "tpsmm":
+        return infer_tpsmm_config(checkpoint, path)
 
     # Several original configs build identical generator and keypoint detector (they differ in training
     # settings only), so the discriminator, when present, breaks ties; otherwise the first in name order
@@ -254,6 +284,64 @@ def infer_config(checkpoint, path="checkpoint"):
     others = [other for _, other, _ in matches[1:]]
     also = f"; {', '.join(others)} build the same networks" if others else ""
     return config, f"{Path(path).name} matches config {name}{also}"
+
+
+# The released TPSMM models by the word their file names carry, the most used first (the guess when neither
+# the shapes nor the name tell).
+TPSMM_CONFIGS_BY_NAME = {"vox": "tpsmm-vox-256", "taichi": "tpsmm-taichi-256", "ted": "tpsmm-ted-384",
+                         "mgif": "tpsmm-mgif-256"}
+
+
+def infer_tpsmm_config(checkpoint, path="checkpoint"):
+    """The bundled TPSMM config for an original TPSMM checkpoint (no config of its own): (config, note).
+
+    The four original configs build identical networks but for the background predictor (mgif has none), so
+    the shapes and the presence of bg_predictor narrow the choice, and the file name (vox, taichi, ted or
+    mgif in it) decides among what is left; the note says when the choice is a guess. The frame size is not
+    in the weights: ted's config knows it is 384x384 (fom_params.frame_shape).
+    """
+    has_background = "bg_predictor" in checkpoint
+    networks = [network for network in TPSMM_NETWORKS if network in checkpoint and network != "bg_predictor"]
+    fitting, with_background_as_here, closest = [], [], None
+    for name in bundled_config_names("tpsmm"):
+        config = load_config(name)
+        problems = shape_mismatches(checkpoint, expected_shapes(config, networks))
+        if not problems and has_background and config["model_params"]["common_params"].get("bg", False):
+            problems = shape_mismatches(checkpoint, expected_shapes(config, ["bg_predictor"]))
+        if problems:
+            if closest is None or len(problems) < len(closest[0]):
+                closest = (problems, name)
+            continue
+        fitting.append(config)
+        if config["model_params"]["common_params"].get("bg", False) == has_background:
+            with_background_as_here.append(config)
+    if not fitting:
+        problems, name = closest
+        raise BadCheckpoint(f"{path} is a TPSMM checkpoint matching none of the bundled TPSMM configs (closest: "
+                            f"{name}, where {problems[0]}); pass the config that trained it with --config")
+    # A checkpoint whose bg_predictor was dropped still animates with any of them (animation never uses it).
+    candidates = {config["_name"]: config for config in with_background_as_here or fitting}
+    file_name = Path(path).name
+    # Whole words only ("ted384.pth" is ted's, "converted.pth" is not).
+    by_name = [config_name for word, config_name in TPSMM_CONFIGS_BY_NAME.items()
+               if re.search(rf"(?<![a-z]){word}(?![a-z])", file_name.lower()) and config_name in candidates]
+
+    def others(chosen):
+        return ", ".join(name for name in candidates if name != chosen)
+
+    if len(candidates) == 1:
+        name = next(iter(candidates))
+        how = "with a background predictor" if has_background else "without a background predictor"
+        return candidates[name], f"{file_name} is a TPSMM checkpoint {how}: config {name}"
+    if len(by_name) == 1:
+        name = by_name[0]
+        return candidates[name], (f"{file_name} is a TPSMM checkpoint; config {name} chosen by the file's name "
+                                  f"({others(name)} build the same networks: the weights do not tell them apart; "
+                                  "pass --config to choose)")
+    name = next(config_name for config_name in TPSMM_CONFIGS_BY_NAME.values() if config_name in candidates)
+    return candidates[name], (f"{file_name} is a TPSMM checkpoint; config {name} is a guess ({others(name)} build "
+                              "the same networks and the file name does not say which; the frame size differs: "
+                              "pass --config tpsmm-ted-384 for the 384x384 TED model)")
 
 
 def load_state(module, state_dict, network, path):

@@ -131,8 +131,12 @@ TPSMM_TRAIN_AVD_PARAMS = {
     "lr": (False, NUMBER), "lambda_shift": (False, NUMBER), "lambda_affine": (False, NUMBER),
     "random_scale": (False, NUMBER),
 }
+# fom's additions to a TPSMM config. frame_shape: the frame size the model was trained at, where the original
+# config leaves dataset_params.frame_shape null and its demo is told the size (--img_shape 384,384 for ted).
+FOM_PARAMS = {"frame_shape": (False, list)}
 TPSMM_CONFIG = {
     "dataset_params": (False, TPSMM_DATASET_PARAMS),
+    "fom_params": (False, FOM_PARAMS),
     "model_params": (True, TPSMM_MODEL_PARAMS),
     "train_params": (False, TPSMM_TRAIN_PARAMS),
     "train_avd_params": (False, TPSMM_TRAIN_AVD_PARAMS),
@@ -234,9 +238,10 @@ def config_name(config):
 
 
 def frame_size(config):
-    """The model's (height, width), from dataset_params.frame_shape (default 256 x 256, also when null as
-    in the TPSMM configs)."""
-    shape = config.get("dataset_params", {}).get("frame_shape") or [256, 256, 3]
+    """The model's (height, width), from dataset_params.frame_shape, else (null in the TPSMM configs) from
+    fom_params.frame_shape (tpsmm-ted-384's 384 x 384), else 256 x 256."""
+    shape = (config.get("dataset_params", {}).get("frame_shape") or config.get("fom_params", {}).get("frame_shape")
+             or [256, 256, 3])
     return int(shape[0]), int(shape[1])
 
 

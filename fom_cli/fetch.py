@@ -163,9 +163,32 @@ def load_fomm_checked(path, config):
         checkpoint = read_checkpoint(path)
     except FomError as error:
         raise VerificationFailed(f"it does not load as a FOMM checkpoint ({error})") from None
+    if "generator" not in checkpoint:
+        raise VerificationFailed("it is a TPSMM checkpoint, not a FOMM one")
     networks = ("generator", "kp_detector")
     if "discriminator" in checkpoint and "discriminator_params" in config["model_params"]:
         networks += ("discriminator",)
+    problems = shape_mismatches(checkpoint, expected_shapes(config, networks))
+    if problems:
+        raise VerificationFailed(f"its tensors do not fit config {config.get('_name', 'config')} ({problems[0]})")
+    return checkpoint
+
+
+def load_tpsmm_checked(path, config):
+    """A TPSMM checkpoint whose every tensor fits `config`: inpainting, dense motion and keypoint networks,
+    the AVD network when the file has one, the background predictor when the file and the config have one
+    (the file may keep it where the config has none: animation never uses it). weights_only=True."""
+    from fom_cli.checkpoint import checkpoint_family, expected_shapes, read_checkpoint, shape_mismatches
+
+    try:
+        checkpoint = read_checkpoint(path)
+    except FomError as error:
+        raise VerificationFailed(f"it does not load as a TPSMM checkpoint ({error})") from None
+    if checkpoint_family(checkpoint) != "tpsmm":
+        raise VerificationFailed("it is a FOMM checkpoint, not a TPSMM one")
+    networks = ["inpainting_network", "dense_motion_network", "kp_detector"]
+    networks += [name for name in ("avd_network", "bg_predictor")
+                 if name in checkpoint and (name != "bg_predictor" or config["model_params"]["common_params"].get("bg"))]
     problems = shape_mismatches(checkpoint, expected_shapes(config, networks))
     if problems:
         raise VerificationFailed(f"its tensors do not fit config {config.get('_name', 'config')} ({problems[0]})")
@@ -179,8 +202,12 @@ class Family:
     animation_networks: tuple       # what the slim file keeps
 
 
-# A new family (TPSMM) adds its loader here and becomes a valid `family:` in the registry.
-FAMILIES = {"fomm": Family(load_checked=load_fomm_checked, animation_networks=("generator", "kp_detector"))}
+# A new family adds its loader here and its name to registry.FAMILY_NAMES. Networks a checkpoint lacks (a
+# TPSMM file without avd_network) are left out of its slim file.
+FAMILIES = {"fomm": Family(load_checked=load_fomm_checked, animation_networks=("generator", "kp_detector")),
+            "tpsmm": Family(load_checked=load_tpsmm_checked,
+                            animation_networks=("inpainting_network", "dense_motion_network", "kp_detector",
+                                                "avd_network"))}
 
 
 def sha256_of(path, quiet, label):
@@ -211,8 +238,9 @@ def write_slim(model, checkpoint, config, digest, path):
 
     from fom_cli.checkpoint import slim_checkpoint
 
-    slim = slim_checkpoint(checkpoint, config, FAMILIES[model.family].animation_networks, registry_name=model.name,
-                           exported_from=model.file, original_sha256=digest)
+    networks = [network for network in FAMILIES[model.family].animation_networks if network in checkpoint]
+    slim = slim_checkpoint(checkpoint, config, networks, registry_name=model.name, exported_from=model.file,
+                           original_sha256=digest)
     with AtomicOutput(path) as output:
         try:
             torch.save(slim, output.temporary)

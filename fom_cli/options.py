@@ -9,6 +9,8 @@ import argparse
 import math
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# --mode: avd (animation via disentanglement) needs a TPSMM checkpoint with its AVD network.
+ANIMATION_MODES = ("relative", "absolute", "avd")
 
 # --fps: below 1 frame/s a short clip becomes hours of stills, above 240 no player shows the frames.
 MIN_FPS, MAX_FPS = 1, 240
@@ -111,9 +113,10 @@ def add_animation_options(parser):
                        help="grid_sample convention: true = how the released checkpoints were trained (default, "
                             "unless the config says otherwise); false = the original code on today's torch")
     motion = parser.add_argument_group("motion")
-    motion.add_argument("--mode", choices=("relative", "absolute"), default="relative",
+    motion.add_argument("--mode", choices=ANIMATION_MODES, default="relative",
                         help="relative: apply the driving motion since the start frame to the source's keypoints "
-                             "(default); absolute: use the driving keypoints as they are")
+                             "(default); absolute: use the driving keypoints as they are; avd: TPSMM's AVD "
+                             "network puts the source's shape in each driving pose (TPSMM checkpoints only)")
     motion.add_argument("--adapt-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="scale relative motion by the size ratio of source and driving keypoint clouds "
                              "(default: on)")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fom_cli.animation import Animator, default_batch_size, load_model, pick_device, pose_distance
+from fom_cli.animation import (animator_class, check_animation_mode, default_batch_size, load_model, pick_device,
+                               pose_distance)
 from fom_cli.checkpoint import BUNDLED_MODEL
 from fom_cli.config import frame_size, load_config
 from fom_cli.drawing import draw_keypoints
@@ -159,8 +160,8 @@ def animate_pair(model, source_path, driving_path, output, args):
               f"model's {size[1]}x{size[0]} frame", file=sys.stderr)
     source = fit_frame(source_image, size, args.fit)
 
-    animator = Animator(kp_detector, generator, source, mode=args.mode, adapt_scale=args.adapt_scale,
-                        precision=args.precision)
+    animator = animator_class(generator)(kp_detector, generator, source, mode=args.mode,
+                                         adapt_scale=args.adapt_scale, precision=args.precision)
     batch_size = args.batch_size or default_batch_size(animator.device)
     # The driving frames used: all, or those --start and --duration select. Frame numbers (--best-frame,
     # the best frame found) count from the first of them.
@@ -232,6 +233,7 @@ def load_requested_model(args):
     align_corners = None if args.align_corners is None else args.align_corners == "true"
     config, kp_detector, generator, note = load_model(checkpoint, config, align_corners, device,
                                                       precision=args.precision, compile=args.compile)
+    check_animation_mode(generator, args.mode, checkpoint)
     if not args.checkpoint:
         note = (f"no --checkpoint: using the bundled {Path(BUNDLED_MODEL).stem} model, trained on cartoon faces "
                 "(for real faces: --checkpoint vox)")

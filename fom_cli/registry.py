@@ -9,7 +9,8 @@ Cache: $FOM_HOME if set, else the platform's user cache (~/.cache/fom on Linux, 
 XDG_CACHE_HOME); models live in its checkpoints/ folder:
 
   vox-cpk.pth.tar.part   a download under way, resumed (HTTP Range) after an interruption
-  vox.slim.pth           generator, keypoint detector and config: what animation loads (a third of the size)
+  vox.slim.pth           generator, keypoint detector and config: what animation loads (a third of the size;
+                         for TPSMM models the inpainting, dense motion, keypoint and AVD networks)
   vox-cpk.pth.tar        the original, kept with `fom download --keep-full` or when training reads it;
                          also where a file fetched by hand goes (it is checked on first use)
   .locks/                one lock file per model, so that two processes fetching it take turns
@@ -37,7 +38,7 @@ from fom_cli.media.files import os_error_line
 BUNDLED_REGISTRY = Path(__file__).resolve().parent / "registry.yaml"
 SLIM_SUFFIX = ".slim.pth"
 # Model families fom can check and slim (fetch.FAMILIES says how).
-FAMILY_NAMES = ("fomm",)
+FAMILY_NAMES = ("fomm", "tpsmm")
 PART_SUFFIX = ".part"
 # Names are single tokens without dots, so that "vox" is a name and "vox.pth" or "runs/vox" a path.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")

@@ -26,6 +26,11 @@ SMALL_BYTES = SMALL_CHECKPOINT.read_bytes()
 # sha256sum tests/fixtures/fomm-parity/small.pth.tar
 SMALL_SHA256 = "7c7c52feaca39038c2995ceff775aa4fa365708ab7a10dbc337dde63a3a807c3"
 RELEASED = ["vox", "vox-adv", "taichi", "taichi-adv", "nemo", "mgif", "bair", "fashion"]
+# The Thin-Plate Spline Motion Model's releases: name -> (config, resolution, file).
+RELEASED_TPSMM = {"tpsmm-vox": ("tpsmm-vox-256", 256, "vox.pth.tar"),
+                  "tpsmm-taichi": ("tpsmm-taichi-256", 256, "taichi.pth.tar"),
+                  "tpsmm-ted": ("tpsmm-ted-384", 384, "ted.pth.tar"),
+                  "tpsmm-mgif": ("tpsmm-mgif-256", 256, "mgif.pth.tar")}
 CHUNK = 64 * 1024
 
 
@@ -112,12 +117,13 @@ def home(tmp_path, monkeypatch):
     return home
 
 
-def use_registry(tmp_path, monkeypatch, urls, sha256=SMALL_SHA256, size=len(SMALL_BYTES), file="small.pth.tar"):
+def use_registry(tmp_path, monkeypatch, urls, sha256=SMALL_SHA256, size=len(SMALL_BYTES), file="small.pth.tar",
+                 family="fomm", config=SMALL_CONFIG):
     """A user registry with one model, `small`, whose config path is relative to the registry file."""
     folder = tmp_path / "company"
     folder.mkdir(exist_ok=True)
-    shutil.copy(SMALL_CONFIG, folder / "small-config.yaml")
-    entry = {"family": "fomm", "config": "small-config.yaml", "resolution": 128, "domain": "test faces",
+    shutil.copy(config, folder / "small-config.yaml")
+    entry = {"family": family, "config": "small-config.yaml", "resolution": 128, "domain": "test faces",
              "file": file, "size": size, "sha256": sha256, "urls": urls}
     (folder / "registry.yaml").write_text(json.dumps({"models": {"small": entry}}))  # JSON is YAML
     monkeypatch.setenv("FOM_REGISTRY", str(folder / "registry.yaml"))
@@ -255,11 +261,17 @@ def test_models_json_lists_the_released_names_with_sizes_and_cached_state(home, 
     code, out, _ = run_cli(["models", "--json"], capsys)
     listing = json.loads(out)
     models = {model["name"]: model for model in listing["models"]}
-    assert list(models) == RELEASED and listing["cache"] == str(home / "checkpoints")
-    for name, model in models.items():
+    assert list(models) == RELEASED + list(RELEASED_TPSMM) and listing["cache"] == str(home / "checkpoints")
+    for name in RELEASED:
+        model = models[name]
         assert model["family"] == "fomm" and model["resolution"] == 256 and not model["cached"]
         assert model["config"] in (f"{name}-256",) and model["urls"][0].endswith(model["file"])
         assert "size" in model and "sha256" in model
+    for name, (config, resolution, file) in RELEASED_TPSMM.items():
+        model = models[name]
+        assert model["family"] == "tpsmm" and (model["config"], model["resolution"], model["file"]) == \
+            (config, resolution, file)
+        assert not model["cached"] and model["urls"] and all(url.startswith("https://") for url in model["urls"])
     assert models["vox"]["file"] == "vox-cpk.pth.tar" and models["fashion"]["file"] == "fashion.pth.tar"
     assert models["vox-adv"]["size"] == 750_926_934
     assert models["vox-adv"]["sha256"] == "6792d6810d7f46e3c5c487a1cfec916b96fad8912c3c6cc81baa1fc300c820d3"
@@ -279,7 +291,7 @@ def test_an_unknown_name_is_one_line_with_the_closest_and_the_known_ones(home, t
     code, _, err = run_cli(["animate", PARITY / "small-source.png", PARITY / "small-driving", "-o", tmp_path / "o.mp4",
                             "--checkpoint", given], capsys)
     assert_one_error_line(code, err)
-    assert expected in err and ", ".join(RELEASED) in err
+    assert expected in err and ", ".join(RELEASED + list(RELEASED_TPSMM)) in err
     assert not home.exists()  # nothing was fetched nor created
 
 
@@ -342,7 +354,7 @@ def test_an_existing_path_wins_over_a_model_name(home, tmp_path, monkeypatch):
     ({"urls": ["https://example.invalid/a"], "sha": None}, "unknown field 'sha' (did you mean 'sha256'?)"),
     ({"sha256": "abc"}, "'sha256' must be 64 lowercase hex digits or null"),
     ({"file": "../../escape.pth"}, "'file' must be a plain file name"),
-    ({"family": "tpsmm"}, "'family' must be one of: fomm"),
+    ({"family": "monkeynet"}, "'family' must be one of: fomm, tpsmm"),
 ])
 def test_user_registry_mistakes_are_one_line(home, tmp_path, monkeypatch, capsys, entry, message):
     registry = tmp_path / "mine.yaml"
@@ -378,3 +390,32 @@ def test_the_cache_is_fom_home_else_the_xdg_cache(monkeypatch, tmp_path):
     assert cache_home() == tmp_path / "xdg" / "fom"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
     assert cache_home() == Path.home() / ".cache" / "fom"
+
+
+def test_a_tpsmm_model_downloads_slims_and_animates_and_a_fomm_entry_refuses_it(home, server, tmp_path,
+                                                                                 monkeypatch, capsys):
+    import gzip
+
+    tpsmm = PARITY.parent / "tpsmm-parity"
+    server.files["/tpsmm.pth.tar"] = gzip.decompress((tpsmm / "small.pth.tar.gz").read_bytes())
+    # A FOMM entry serving a TPSMM file: refused, nothing kept.
+    use_registry(tmp_path, monkeypatch, [server.url("/tpsmm.pth.tar")], sha256=None, size=None, file="tpsmm.pth.tar")
+    code, _, err = run_cli(["download", "small", "--quiet"], capsys)
+    assert_one_error_line(code, err)
+    assert "it is a TPSMM checkpoint, not a FOMM one" in err and cache_contents(home) == []
+
+    use_registry(tmp_path, monkeypatch, [server.url("/tpsmm.pth.tar")], sha256=None, size=None, file="tpsmm.pth.tar",
+                 family="tpsmm", config=tpsmm / "small.yaml")
+    code, _, err = run_cli(["animate", PARITY / "small-source.png", PARITY / "small-driving", "-o",
+                            tmp_path / "out.mp4", "--checkpoint", "small", "--mode", "avd"], capsys)
+    assert code == 0, err
+    assert "downloaded small" in err
+    slim = torch.load(home / "checkpoints" / "small.slim.pth", weights_only=True)
+    # What animation needs: no optimiser state; the config travels inside.
+    assert set(slim) == {"inpainting_network", "dense_motion_network", "kp_detector", "avd_network", "config", "fom",
+                         "epoch"}
+    assert slim["config"]["model_params"]["common_params"]["num_tps"] == 4
+    code, _, err = run_cli(["animate", PARITY / "small-source.png", PARITY / "small-driving", "-o",
+                            tmp_path / "again.mp4", "--checkpoint", "small", "--quiet"], capsys)
+    assert code == 0, err
+    assert [status for _, status in server.downloads("/tpsmm.pth.tar")] == [200, 200]  # the second run read the cache

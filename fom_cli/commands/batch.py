@@ -23,7 +23,8 @@ import traceback
 from pathlib import Path
 
 from fom_cli.errors import FomError, first_line, is_out_of_memory, os_error_message, out_of_memory_message
-from fom_cli.options import add_animation_options, frame_rate, non_negative_float, non_negative_int, positive_float
+from fom_cli.options import ANIMATION_MODES, add_animation_options, frame_rate, non_negative_float, non_negative_int, \
+    positive_float
 from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
@@ -48,7 +49,7 @@ def choice(*allowed):
 
 # column -> parser of its cells; the names are those of `fom animate`'s options.
 JOB_OPTIONS = {
-    "mode": choice("relative", "absolute"), "adapt_scale": boolean, "best_frame": non_negative_int,
+    "mode": choice(*ANIMATION_MODES), "adapt_scale": boolean, "best_frame": non_negative_int,
     "find_best_frame": boolean, "fit": choice("crop", "pad", "stretch"), "fps": frame_rate,
     "no_audio": boolean, "side_by_side": boolean, "start": non_negative_float, "duration": positive_float,
 }

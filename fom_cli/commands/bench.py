@@ -11,9 +11,14 @@ the max abs difference of their outputs, GFLOP per frame, the achieved share of 
 3x3-convolution throughput in the same precision (above 1 where the residual blocks run on the
 CPU's int8 matrix units: `int8_split_convolutions` counts them), and peak RSS. `--video PATH` times the whole
 `fom animate` path (decode, fit, animate, encode) on a real file instead. `--json` prints one JSON object.
+
+A TPSMM config (`--config tpsmm-vox-256`) compares the original demo's make_animation loop (per driving
+frame: the keypoint detector, then the dense motion and inpainting networks on the whole source) with
+fom's TpsAnimator in the same way.
 """
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -26,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fom_cli.animation import (AUTOCAST_DTYPES, Animator, compile_networks, default_batch_size, movement_scale, pick_device,
                                relative_motion, to_tensor)
-from fom_cli.config import frame_size, load_config
+from fom_cli.config import config_family, frame_size, load_config
 from fom_cli.errors import FomError
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.media.images import write_image
@@ -159,6 +164,8 @@ def conv_throughput_gflops(device, repeats=5, dtype=None):
 
 
 def bench_pipeline(args, config, device):
+    if config_family(config) == "tpsmm":
+        return bench_tpsmm_pipeline(args, config, device)
     size = (args.size, args.size) if args.size else frame_size(config)
     batch_size = args.batch_size or default_batch_size(device)
     kp_detector, generator = random_networks(config, args.seed)
@@ -222,6 +229,108 @@ def bench_pipeline(args, config, device):
         achieved = report["pipeline_gflop_per_frame"] * report["pipeline_fps"]
         report["pipeline_gflops_per_s"] = achieved
         report["share_of_conv_throughput"] = achieved / report["conv_gflops_per_s"]
+    report["peak_rss_mib"] = peak_rss_mib()
+    if device.type == "cuda":
+        report["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return report
+
+
+# --- TPSMM ------------------------------------------------------------------------------------------------
+
+def random_tps_networks(config, seed):
+    """(keypoint detector, TpsModel) with seeded random weights and BatchNorm statistics, in eval mode."""
+    from fom_cli.animation_tpsmm import TpsModel
+    from fom_cli.models.tpsmm import build_tpsmm_networks
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    networks = {name: randomize_(network, generator).eval()
+                for name, network in build_tpsmm_networks(config["model_params"]).items()}
+    return networks["kp_detector"], TpsModel(networks["inpainting_network"], networks["dense_motion_network"],
+                                             networks["avd_network"])
+
+
+def original_tensor(frames, device):
+    """Frames as the original demo makes them: an NHWC copy, permuted (not made contiguous)."""
+    return torch.tensor(np.asarray(frames, dtype=np.float32)).permute(0, 3, 1, 2).to(device)
+
+
+def straightforward_tps_animation(kp_detector, model, source, driving, device):
+    """The original demo.make_animation loop, relative mode: one frame at a time, the dense motion network
+    and the inpainting network redoing the source's side (downsampling, heatmaps, encoder) every frame."""
+    from fom_cli.models.tpsmm import relative_keypoints
+
+    outputs = []
+    with torch.no_grad():
+        source = original_tensor(source[None], device)
+        kp_source = kp_detector(source)
+        kp_initial = kp_detector(original_tensor(driving[:1], device))
+        for frame in driving:
+            kp_driving = relative_keypoints(kp_source, kp_detector(original_tensor(frame[None], device)), kp_initial)
+            motion = model.dense_motion_network(source, kp_driving, kp_source)
+            outputs.append(model.inpainting_network(source, motion)["prediction"])
+    return torch.cat(outputs).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tps_gflop_per_frame(kp_detector, model, source, frame, device):
+    """FLOPs of one driving frame on the straightforward path (2 per multiply-add)."""
+    source_tensor, frame_tensor = original_tensor(source[None], device), original_tensor(frame[None], device)
+    with torch.no_grad():
+        kp_source = kp_detector(source_tensor)
+        with FlopCounterMode(display=False) as counter:
+            kp_driving = kp_detector(frame_tensor)
+            model.inpainting_network(source_tensor, model.dense_motion_network(source_tensor, kp_driving, kp_source))
+    return counter.get_total_flops() / 1e9
+
+
+def bench_tpsmm_pipeline(args, config, device):
+    """bench_pipeline for a TPSMM config: the original loop against TpsAnimator."""
+    from fom_cli.animation_tpsmm import TpsAnimator, compile_tps_networks
+
+    size = (args.size, args.size) if args.size else frame_size(config)
+    batch_size = args.batch_size or default_batch_size(device)
+    kp_detector, model = random_tps_networks(config, args.seed)
+    kp_detector, model = kp_detector.to(device), model.to(device)
+    frames = synthetic_frames(args.frames + 1, size, args.seed)
+    source, driving = frames[0], frames[1:]
+    report = {"config": config["_name"], "family": "tpsmm", "device": str(device), "size": list(size),
+              "frames": args.frames, "batch_size": batch_size, "precision": args.precision, "compile": args.compile,
+              "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        report["device_name"] = torch.cuda.get_device_name(device)
+    fast_kp, fast_model = copy.deepcopy(kp_detector), copy.deepcopy(model)
+    if args.compile:
+        compile_tps_networks(fast_kp, fast_model)
+    animator = TpsAnimator(fast_kp, fast_model, source, precision=args.precision)
+    pipeline_animation(animator, driving[:batch_size], batch_size)  # warm-up (and compilation)
+    if args.compile:
+        report["compiled"] = all(function.compiled is not None for function in (
+            fast_kp.forward, fast_model.dense_motion_network.motion, fast_model.inpainting_network.decode))
+    if not args.no_baseline:
+        straightforward_tps_animation(kp_detector, model, source, driving[:1], device)  # warm-up
+
+    seconds = {"pipeline": [], "straightforward": []}
+    for _ in range(args.repeats):
+        fast, elapsed = timed(lambda: pipeline_animation(animator, driving, batch_size), device)
+        seconds["pipeline"].append(elapsed)
+        if not args.no_baseline:
+            slow, elapsed = timed(lambda: straightforward_tps_animation(kp_detector, model, source, driving, device),
+                                  device)
+            seconds["straightforward"].append(elapsed)
+    report["repeats"] = args.repeats
+    report["pipeline_fps"] = args.frames / min(seconds["pipeline"])
+    report["pipeline_fps_median"] = args.frames / float(np.median(seconds["pipeline"]))
+    counted = TpsAnimator(kp_detector, model, source, precision=args.precision)
+    counted.set_initial_frame(driving[0])
+    report["pipeline_gflop_per_frame"] = pipeline_gflop_per_frame(counted, driving[0])
+    del counted
+    if not args.no_baseline:
+        report["straightforward_fps"] = args.frames / min(seconds["straightforward"])
+        report["straightforward_fps_median"] = args.frames / float(np.median(seconds["straightforward"]))
+        report["speedup"] = report["pipeline_fps"] / report["straightforward_fps"]
+        report["speedup_median"] = report["pipeline_fps_median"] / report["straightforward_fps_median"]
+        report["max_abs_difference"] = float(np.abs(fast - slow).max())
+        report["gflop_per_frame"] = tps_gflop_per_frame(kp_detector, model, source, driving[0], device)
     report["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":
         report["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from fom_cli.animation import pick_device
 from fom_cli.checkpoint import infer_config, load_state, make_checkpoint, shape_mismatches
-from fom_cli.config import config_name, load_config, validate
+from fom_cli.config import config_family, config_name, load_config, validate
 from fom_cli.errors import BadCheckpoint, BadConfig, BadInput
 from fom_cli.models import build_discriminator, build_generator, build_keypoint_detector
 from fom_cli.training.data import DatasetRepeater, FramesDataset
@@ -36,6 +36,9 @@ def training_config(args, checkpoint, checkpoint_path):
         config, _ = infer_config(checkpoint, checkpoint_path)
     else:
         raise BadConfig("fom train needs --config: a name such as vox-256 or a YAML file (see configs/)")
+    if config_family(config) == "tpsmm":
+        raise BadConfig(f"config {config_name(config)} is a Thin-Plate Spline Motion Model's: fom trains FOMM models "
+                        "only (TPSMM checkpoints animate and reconstruct)")
     config = copy.deepcopy(config)
     dataset_params = config.setdefault("dataset_params", {})
     train_params = config.setdefault("train_params", {})

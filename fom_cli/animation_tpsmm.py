@@ -1,0 +1,177 @@
+"""Animation with the Thin-Plate Spline Motion Model: TpsModel (its networks as one module) and TpsAnimator,
+which renders driving frames in batches with the interface of animation.Animator, so that everything built
+on the Animator (streaming, --find-best-frame, --side-by-side, reconstruction) works with either family.
+
+What the original demo.make_animation computes per driving frame, reorganised: the source's keypoints, the
+inpainting network's encoding of the source and the dense motion network's source side (downsampled image
+and keypoint heatmaps) once per source image; per driving batch the keypoint detector, the animation
+keypoints of the mode, the dense motion network and the inpainting decoder.
+
+Modes (fom's names; the original demo's in brackets):
+  relative  [relative] the driving keypoints' motion since the initial frame, applied to the source's
+            keypoints; adapt-scale multiplies it by the size ratio of the two keypoint clouds (the original
+            always does)
+  absolute  [standard] the driving keypoints as they are
+  avd       [avd] the AVD network's keypoints: the source's identity in each driving frame's pose
+"""
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from fom_cli.animation import AUTOCAST_DTYPES, CompiledOrEager, check_animation_mode, to_tensor
+from fom_cli.checkpoint import load_state
+from fom_cli.models.tpsmm import build_tpsmm_networks, movement_scale, relative_keypoints
+
+# --mode name -> what the keypoints are; "absolute" is the original demo's "standard".
+TPSMM_MODES = ("relative", "absolute", "avd")
+
+
+def frames_to_tensor(frames, device):
+    """(N, H, W, 3) or (H, W, 3) float32 [0, 1] numpy -> (N, 3, H, W) tensor, laid out as the original demo's
+    inputs: a single frame gets a batch dimension with a real stride (numpy's [None] gives stride 0, which
+    sends the keypoint detector's first convolution down another path, 2e-7 off; AVD keypoints amplify that
+    to 4e-4 in the frames of the parity fixture's random-weight model)."""
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim == 3:
+        frames = np.expand_dims(frames, 0)
+    return to_tensor(frames, device)
+
+
+class TpsModel(nn.Module):
+    """The networks that animate, as one module: what load_model returns in place of FOMM's generator.
+
+    avd_network is None when the checkpoint has none (then --mode avd cannot run); bg_predictor is None
+    unless the checkpoint and the config have one (only reconstruction uses it, as the original's does).
+    """
+
+    def __init__(self, inpainting_network, dense_motion_network, avd_network=None, bg_predictor=None):
+        super().__init__()
+        self.inpainting_network = inpainting_network
+        self.dense_motion_network = dense_motion_network
+        self.avd_network = avd_network
+        self.bg_predictor = bg_predictor
+
+
+def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True):
+    """(keypoint detector, TpsModel) from a TPSMM checkpoint dict, in eval mode on `device`.
+
+    Every network the checkpoint and the config both have is loaded and checked tensor by tensor: the
+    avd_network when the checkpoint has one, the bg_predictor when the config has bg: True (the original
+    demo skips it, its reconstruction uses it). Optimiser states are never read (the file is memory-mapped).
+    optimize: reserved for the exact inference rewrites (FOMM's BatchNorm folding does not apply: TPSMM's
+    networks use instance normalisation).
+    """
+    # Built on the meta device and allocated uninitialised, as load_model does for FOMM.
+    with torch.device("meta"):
+        networks = build_tpsmm_networks(config["model_params"])
+    for name in ("avd_network", "bg_predictor"):
+        if name in networks and name not in checkpoint:
+            del networks[name]
+    for name, network in networks.items():
+        network.to_empty(device=device)
+        load_state(network, checkpoint[name], name, path)
+        network.eval()
+    model = TpsModel(networks["inpainting_network"], networks["dense_motion_network"], networks.get("avd_network"),
+                     networks.get("bg_predictor"))
+    return networks["kp_detector"], model
+
+
+def compile_tps_networks(kp_detector, model):
+    """torch.compile, in place, what TpsAnimator runs per driving batch (see animation.compile_networks)."""
+    kp_detector.forward = CompiledOrEager(kp_detector.forward, "keypoint detector")
+    model.dense_motion_network.motion = CompiledOrEager(model.dense_motion_network.motion, "dense motion network")
+    model.inpainting_network.decode = CompiledOrEager(model.inpainting_network.decode, "inpainting decoder")
+
+
+class TpsAnimator:
+    """Animates one source image with batches of driving frames, like animation.Animator.
+
+    Keypoints are handed out as FOMM's are, {'value': (N, 5 * num_tps, 2)}, so that callers need not
+    know the family. background: predict the background's motion between the source and every driving
+    frame with the model's bg_predictor (the original's reconstruction does; its demo does not).
+    """
+
+    def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True, precision="fp32",
+                 background=False):
+        check_animation_mode(generator, mode)
+        if mode not in TPSMM_MODES:
+            raise ValueError(f"unknown animation mode '{mode}': use one of {', '.join(TPSMM_MODES)}")
+        if background and generator.bg_predictor is None:
+            raise ValueError("background motion needs the model's bg_predictor")
+        self.kp_detector = kp_detector
+        self.generator = generator
+        self.mode = mode
+        self.adapt_scale = adapt_scale
+        self.background = background
+        self.device = next(generator.parameters()).device
+        self.autocast_dtype = AUTOCAST_DTYPES[precision]
+        with torch.inference_mode(), self.autocast():
+            self.source = frames_to_tensor(source, self.device)
+            kp_source = self.detect(self.source)
+            self.kp_source = {"value": kp_source}
+            self.source_features = generator.inpainting_network.encode_source(self.source)
+            self.source_for_motion = generator.dense_motion_network.prepare_source(self.source, kp_source)
+            self.identity = None
+            if mode == "avd":
+                with self.full_precision():
+                    self.identity = generator.avd_network.encode_identity(kp_source)
+        self.kp_driving_initial = None
+        self.scale = 1.0
+
+    def autocast(self):
+        """Reduced precision for the convolutions; keypoints and flows stay float32 (see detect and
+        TpsDenseMotionNetwork.candidate_flows)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def full_precision(self):
+        """float32 also under autocast: for the AVD network's small perceptron, whose output is keypoints."""
+        return torch.autocast(self.device.type, enabled=False)
+
+    def detect(self, images):
+        return self.kp_detector(images).float()
+
+    def keypoints(self, frames):
+        """{'value': (N, 5 * num_tps, 2)} of (N, H, W, 3) float32 frames."""
+        with torch.inference_mode(), self.autocast():
+            return {"value": self.detect(frames_to_tensor(frames, self.device))}
+
+    def set_initial_frame(self, frame):
+        """The driving frame whose pose corresponds to the source's: relative motion is measured from it."""
+        self.kp_driving_initial = self.keypoints(frame)["value"]
+        if self.mode == "relative" and self.adapt_scale:
+            self.scale = movement_scale(self.kp_source["value"], self.kp_driving_initial)
+
+    def driving_keypoints(self, kp_driving):
+        """The keypoints the source is animated with, in the animator's mode (float32)."""
+        if self.mode == "absolute":
+            return kp_driving
+        with self.full_precision():
+            if self.mode == "relative":
+                return relative_keypoints(self.kp_source["value"], kp_driving, self.kp_driving_initial, self.scale)
+            return self.generator.avd_network.decode(self.identity, kp_driving)
+
+    def animate(self, frames):
+        """(N, H, W, 3) float32 driving frames -> (N, H, W, 3) float32 predictions in [0, 1]."""
+        if self.mode == "relative" and self.kp_driving_initial is None:
+            self.set_initial_frame(frames[0])
+        with torch.inference_mode(), self.autocast():
+            driving = frames_to_tensor(frames, self.device)
+            kp_driving = self.detect(driving)
+            kp_moved = self.driving_keypoints(kp_driving)
+            bg_param = None
+            if self.background:
+                bg_param = self.generator.bg_predictor(self.source.expand(len(driving), -1, -1, -1), driving)
+            motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved, bg_param)
+            prediction = self.generator.inpainting_network.decode(self.source_features, motion)["prediction"].float()
+        self.last_keypoints = {"source": self.kp_source["value"][0].cpu().numpy(),
+                               "driving": kp_driving.cpu().numpy(), "moved": kp_moved.cpu().numpy()}
+        return prediction.permute(0, 2, 3, 1).cpu().numpy()
+
+    def animate_all(self, frames, batch_size):
+        """A whole in-memory clip, `batch_size` frames per forward pass (files stream through `animate`)."""
+        return np.concatenate([self.animate(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)])

@@ -1,0 +1,193 @@
+"""Animating with TPSMM checkpoints: the TpsAnimator against the original code's predictions
+(tests/fixtures/tpsmm-parity/small.npz), and `fom animate` end to end with the fixture's checkpoint."""
+
+import gzip
+import json
+import shutil
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURES, make_clip, run_cli
+from fom_cli.animation_tpsmm import TpsAnimator, TpsModel
+from fom_cli.config import load_config
+from fom_cli.errors import FomError
+from fom_cli.media.video_in import probe
+from fom_cli.models.tpsmm import build_tpsmm_networks
+
+TPSMM_PARITY = FIXTURES / "tpsmm-parity"
+SMALL_CONFIG = TPSMM_PARITY / "small.yaml"
+# Whole frames against the reference machine's: see FRAME_TOLERANCE in test_tpsmm_parity.py.
+FRAME_TOLERANCE = 1e-4
+# fom's mode names -> the original demo's (whose arrays small.npz holds).
+ORIGINAL_MODE = {"relative": "relative", "absolute": "standard", "avd": "avd"}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return dict(np.load(TPSMM_PARITY / "small.npz"))
+
+
+@pytest.fixture(scope="module")
+def networks():
+    """The fixture checkpoint's networks, in eval mode, on one torch thread (see test_tpsmm_parity.py)."""
+    with gzip.open(TPSMM_PARITY / "small.pth.tar.gz") as file:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    networks = build_tpsmm_networks(load_config(SMALL_CONFIG)["model_params"])
+    for name, network in networks.items():
+        network.load_state_dict(checkpoint[name])
+        network.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield networks
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    path = tmp_path / "small.pth.tar"
+    with gzip.open(TPSMM_PARITY / "small.pth.tar.gz") as packed, open(path, "wb") as file:
+        shutil.copyfileobj(packed, file)
+    return path
+
+
+def animator(networks, source, mode, avd=True):
+    model = TpsModel(networks["inpainting_network"], networks["dense_motion_network"],
+                     networks["avd_network"] if avd else None)
+    return TpsAnimator(networks["kp_detector"], model, source, mode=mode)
+
+
+def max_difference(ours, theirs):
+    assert ours.shape == theirs.shape
+    return float(np.abs(ours - theirs).max())
+
+
+@pytest.mark.parametrize("mode", ["relative", "absolute"])
+def test_batches_of_driving_frames_reproduce_the_original_predictions(networks, reference, mode):
+    """Source side once, driving frames in batches of 3, 3 and 2: the original's frames within 1e-4."""
+    tps = animator(networks, reference["source"], mode)
+    tps.set_initial_frame(reference["driving"][0])
+    frames = tps.animate_all(reference["driving"], batch_size=3)
+    assert frames.dtype == np.float32
+    assert max_difference(frames, reference[f"{ORIGINAL_MODE[mode]}_prediction"]) <= FRAME_TOLERANCE
+    # The keypoints side by side draws: the source's, each driving frame's and the moved ones of the last batch.
+    assert tps.last_keypoints["source"].shape == (20, 2) and tps.last_keypoints["moved"].shape == (2, 20, 2)
+    assert max_difference(tps.last_keypoints["driving"], reference["kp_driving"][6:]) <= 1e-6
+    assert max_difference(tps.last_keypoints["moved"], reference[f"{ORIGINAL_MODE[mode]}_kp_norm"][6:]) <= 1e-6
+
+
+def test_avd_mode_reproduces_the_original_predictions(networks, reference):
+    """One frame per batch, as the original: this random-weight model turns the 2e-7 by which keypoints
+    computed in a batch differ into 3e-4 in its frames (see test_tpsmm_parity.py), so batched AVD is checked
+    on its keypoints."""
+    tps = animator(networks, reference["source"], "avd")
+    frames = tps.animate_all(reference["driving"], batch_size=1)
+    assert max_difference(frames, reference["avd_prediction"]) <= FRAME_TOLERANCE
+    tps.animate(reference["driving"])
+    assert max_difference(tps.last_keypoints["moved"], reference["avd_kp_norm"]) <= 1e-6
+
+
+def test_relative_motion_is_measured_from_the_initial_frame_with_adapt_scale(networks, reference):
+    tps = animator(networks, reference["source"], "relative")
+    tps.set_initial_frame(reference["driving"][0])
+    assert abs(tps.scale - float(reference["relative_movement_scale"])) <= 1e-6
+    # Without adapt-scale the motion is not scaled; the initial frame itself gives the source's keypoints.
+    plain = TpsAnimator(networks["kp_detector"], tps.generator, reference["source"], adapt_scale=False)
+    plain.set_initial_frame(reference["driving"][5])
+    assert plain.scale == 1.0
+    plain.animate(reference["driving"][5:6])
+    assert max_difference(plain.last_keypoints["moved"][0], reference["kp_source"]) <= 1e-6
+
+
+def test_avd_mode_without_the_avd_network_is_one_clear_error(networks, reference):
+    with pytest.raises(FomError, match="--mode avd needs the AVD network"):
+        animator(networks, reference["source"], "avd", avd=False)
+
+
+# --- fom animate with a TPSMM checkpoint ----------------------------------------------------------------------
+
+@pytest.fixture
+def inputs(tmp_path, reference):
+    """The fixture's source as a PNG and its driving frames as a folder of PNGs (lossless: the arrays are
+    uint8 / 255)."""
+    source = tmp_path / "source.png"
+    iio.imwrite(source, to_uint8(reference["source"]))
+    driving = tmp_path / "driving"
+    driving.mkdir()
+    for i, frame in enumerate(reference["driving"]):
+        iio.imwrite(driving / f"{i:05d}.png", to_uint8(frame))
+    return source, driving
+
+
+def to_uint8(frames):
+    return np.round(np.asarray(frames) * 255).astype(np.uint8)
+
+
+def read_png_frames(directory):
+    return np.stack([iio.imread(path) for path in sorted(directory.glob("*.png"))]).astype(np.float32) / 255
+
+
+@pytest.mark.parametrize("mode", ["relative", "absolute", "avd"])
+def test_animate_writes_the_original_predictions(tmp_path, capsys, small_checkpoint, inputs, reference, mode):
+    source, driving = inputs
+    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out/", "--checkpoint", small_checkpoint,
+                            "--config", SMALL_CONFIG, "--mode", mode, "--batch-size", "4", "--quiet"], capsys)
+    assert code == 0, err
+    frames = read_png_frames(tmp_path / "out")
+    # The original's frames, rounded to 8 bits (batched AVD adds up to 3e-4: see above).
+    assert max_difference(frames, reference[f"{ORIGINAL_MODE[mode]}_prediction"]) <= 1 / 255 / 2 + 5e-4
+
+
+def test_an_mp4_with_sound_keeps_its_frames_and_audio_and_side_by_side_draws_the_keypoints(
+        tmp_path, capsys, small_checkpoint, inputs, reference):
+    source, _ = inputs
+    clip = make_clip(tmp_path / "drive.mp4", to_uint8(np.concatenate([reference["driving"]] * 3)), fps=12)
+    model = ["--checkpoint", small_checkpoint, "--config", SMALL_CONFIG, "--quiet"]
+    code, _, err = run_cli(["animate", source, clip, "-o", tmp_path / "out.mp4", *model], capsys)
+    assert code == 0, err
+    info = probe(tmp_path / "out.mp4")
+    assert info.has_audio and info.num_frames == 24 and abs(info.fps - 12) < 1e-3 and info.size == (128, 128)
+
+    code, _, err = run_cli(["animate", source, clip, "-o", tmp_path / "panels/", "--side-by-side", *model], capsys)
+    assert code == 0, err
+    panels = read_png_frames(tmp_path / "panels")
+    assert panels.shape == (24, 128, 3 * 128, 3)
+    # The source panel: the source with its first keypoint drawn in red where the original puts it.
+    x, y = np.round((reference["kp_source"][0] + 1) / 2 * 127).astype(int)
+    assert np.array_equal(panels[0, y, x], [1, 0, 0])
+    untouched = np.all(np.abs(panels[0, :, :128] - reference["source"]) < 1e-6, axis=-1)
+    assert 0.8 < untouched.mean() < 1
+
+
+def test_avd_needs_a_tpsmm_checkpoint_with_its_avd_network(tmp_path, capsys, small_checkpoint, inputs):
+    source, driving = inputs
+    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out.mp4", "--checkpoint",
+                            FIXTURES / "fomm-parity" / "small.pth.tar", "--config",
+                            FIXTURES / "fomm-parity" / "small.yaml", "--mode", "avd"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Thin-Plate Spline" in err
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    del checkpoint["avd_network"]
+    torch.save(checkpoint, tmp_path / "no-avd.pth.tar")
+    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out.mp4", "--checkpoint",
+                            tmp_path / "no-avd.pth.tar", "--config", SMALL_CONFIG, "--mode", "avd"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no avd_network" in err
+    assert not (tmp_path / "out.mp4").exists()
+    # Relative motion does not need it.
+    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out.mp4", "--checkpoint",
+                            tmp_path / "no-avd.pth.tar", "--config", SMALL_CONFIG, "--quiet"], capsys)
+    assert code == 0, err
+    assert probe(tmp_path / "out.mp4").num_frames == 8
+
+
+def test_bench_compares_the_original_loop_with_the_tps_animator(capsys, one_torch_thread):
+    code, out, err = run_cli(["bench", "animate", "--config", SMALL_CONFIG, "--size", "64", "--frames", "2",
+                              "--repeats", "1", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["family"] == "tpsmm" and report["size"] == [64, 64] and report["frames"] == 2
+    assert report["max_abs_difference"] <= 1e-4
+    assert report["pipeline_fps"] > 0 and report["straightforward_fps"] > 0 and report["speedup"] > 0
+    # The source's side (its encoding, downsampling and heatmaps) is gone from the per-frame cost.
+    assert report["pipeline_gflop_per_frame"] < report["gflop_per_frame"]
