@@ -116,7 +116,9 @@ def add_animation_options(parser):
     media.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
                        help="how frames of another aspect ratio are fitted to the model's frame: centre crop "
                             "(default), pad with black, or stretch (the original's behaviour)")
-    media.add_argument("--fps", type=positive_float, help="output frame rate (default: the driving video's)")
+    media.add_argument("--fps", type=positive_float,
+                       help="output frame rate (default: the driving video's); the duration stays the driving "
+                            "video's: frames are repeated or dropped, so the sound stays in sync")
     media.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
     media.add_argument("--side-by-side", action="store_true",
                        help="write source | driving | result panels with keypoints drawn")

@@ -6,8 +6,10 @@ output keeps the driving video's frame rate and sound.
 """
 
 import itertools
+import math
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,22 @@ def batched(iterable, size):
         yield batch
 
 
+def exact_rate(fps) -> Fraction:
+    """A frame rate as a fraction, so that 29.97 (30000/1001) against 25 resamples without drift."""
+    return Fraction(fps).limit_denominator(1001)
+
+
+def resampled(frames, ratio):
+    """(frame, repeats) for the driving frames an output at `ratio` times their rate shows, each with the
+    number of output frames that show it: output frame k shows the driving frame on screen at its time,
+    k / output fps. Over n driving frames that makes ceil(n * ratio) output frames, the same duration to
+    within one output frame. Frames that no output frame shows are skipped, not animated."""
+    for index, frame in enumerate(frames):
+        repeats = math.ceil((index + 1) * ratio) - math.ceil(index * ratio)
+        if repeats:
+            yield frame, repeats
+
+
 def frame_at(reader, index, fit_size, fit):
     for frame in reader.frames(start=index, stop=index + 1):
         return fit_frame(frame, fit_size, fit)
@@ -159,24 +177,32 @@ def animate_pair(model, source_path, driving_path, output, args):
     animator.set_initial_frame(frame_at(reader, start, size, args.fit))
 
     fps = args.fps or reader.fps
+    # Another --fps keeps the driving video's duration: frames are dropped or repeated, so that the motion
+    # plays at its own speed and stays in sync with the sound.
+    ratio = exact_rate(fps) / exact_rate(reader.fps)
     audio = None if args.no_audio else driving_path
-    frames = prefetch(fit_frame(frame, size, args.fit) for frame in reader.frames())
+    frames = prefetch((fit_frame(frame, size, args.fit), repeats)
+                      for frame, repeats in resampled(reader.frames(), ratio))
+    total = None if reader.num_frames is None else math.ceil(reader.num_frames * ratio)
     with VideoWriter(output, fps, audio_from=audio, overwrite=getattr(args, "overwrite", False)) as writer, \
-            tqdm(total=reader.num_frames, unit="frame", desc=Path(output).name, disable=args.quiet,
+            tqdm(total=total, unit="frame", desc=Path(output).name, disable=args.quiet,
                  file=sys.stderr) as progress:
         for batch in batched(frames, batch_size):
-            predictions = animator.animate(np.stack(batch))
+            driving = [frame for frame, _ in batch]
+            predictions = animator.animate(np.stack(driving))
             for i, prediction in enumerate(predictions):
                 if args.side_by_side:
                     keypoints = {"source": animator.last_keypoints["source"],
                                  "driving": animator.last_keypoints["driving"][i],
                                  "moved": animator.last_keypoints["moved"][i]}
-                    prediction = side_by_side(source, batch[i], prediction, keypoints)
-                writer.write(prediction)
-            progress.update(len(batch))
+                    prediction = side_by_side(source, driving[i], prediction, keypoints)
+                repeats = batch[i][1]
+                for _ in range(repeats):
+                    writer.write(prediction)
+                progress.update(repeats)
     shortfall = reader.shortfall()
     if shortfall:  # even with --quiet: the output is shorter than the user will expect
-        print(f"fom: warning: {shortfall}; {output} has {reader.frames_decoded} frames", file=sys.stderr)
+        print(f"fom: warning: {shortfall}; {output} has {writer.frames_written} frames", file=sys.stderr)
     return output
 
 
