@@ -135,7 +135,9 @@ def add_animation_options(parser):
     media.add_argument("--duration", type=positive_float, metavar="SECONDS",
                        help="use this many seconds of the driving video (ffmpeg's -t; default: to its end)")
     media.add_argument("--fps", type=frame_rate,
-                       help=f"output frame rate, {MIN_FPS} to {MAX_FPS} (default: the driving video's)")
+                       help=f"output frame rate, {MIN_FPS} to {MAX_FPS} (default: the driving video's); the "
+                            f"duration stays the driving video's: frames are repeated or dropped, so the sound "
+                            f"stays in sync")
     media.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
     media.add_argument("--side-by-side", action="store_true",
                        help="write source | driving | result panels with keypoints drawn")

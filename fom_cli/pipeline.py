@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,22 @@ def batched(iterable, size):
     iterator = iter(iterable)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
+
+
+def exact_rate(fps) -> Fraction:
+    """A frame rate as a fraction, so that 29.97 (30000/1001) against 25 resamples without drift."""
+    return Fraction(fps).limit_denominator(1001)
+
+
+def resampled(frames, ratio):
+    """(frame, repeats) for the driving frames an output at `ratio` times their rate shows, each with the
+    number of output frames that show it: output frame k shows the driving frame on screen at its time,
+    k / output fps. Over n driving frames that makes ceil(n * ratio) output frames, the same duration to
+    within one output frame. Frames that no output frame shows are skipped, not animated."""
+    for index, frame in enumerate(frames):
+        repeats = math.ceil((index + 1) * ratio) - math.ceil(index * ratio)
+        if repeats:
+            yield frame, repeats
 
 
 def frame_at(reader, index, fit_size, fit):
@@ -184,29 +201,36 @@ def animate_pair(model, source_path, driving_path, output, args):
     animator.set_initial_frame(frame_at(reader, first + start, size, args.fit))
 
     fps = args.fps or reader.fps
+    # Another --fps keeps the driving video's duration: frames are dropped or repeated, so that the motion
+    # plays at its own speed and stays in sync with the sound.
+    ratio = exact_rate(fps) / exact_rate(reader.fps)
     audio = None if args.no_audio else driving_path
     if audio is not None and reader.has_audio and is_frames_folder(output) and not args.quiet:
         print(f"note: PNG frames carry no sound: the sound of {driving_path} is not written (write a video "
               f"file to keep it; --no-audio silences this note)", file=sys.stderr)
-    frames = prefetch(fit_frame(frame, size, args.fit) for frame in reader.frames(first, stop))
+    frames = prefetch((fit_frame(frame, size, args.fit), repeats)
+                      for frame, repeats in resampled(reader.frames(first, stop), ratio))
+    total = None if stop is None else math.ceil((stop - first) * ratio)
     # The sound is cut where the frames are: from the first one's time, as long as the output.
     with VideoWriter(output, fps, audio_from=audio, audio_start=first / reader.fps,
                      overwrite=getattr(args, "overwrite", False)) as writer, \
-            progress_bar(total=None if stop is None else stop - first, unit="frame", desc=Path(output).name,
-                         disable=args.quiet) as progress:
+            progress_bar(total=total, unit="frame", desc=Path(output).name, disable=args.quiet) as progress:
         for batch in batched(frames, batch_size):
-            predictions = animator.animate(np.stack(batch))
+            driving = [frame for frame, _ in batch]
+            predictions = animator.animate(np.stack(driving))
             for i, prediction in enumerate(predictions):
                 if args.side_by_side:
                     keypoints = {"source": animator.last_keypoints["source"],
                                  "driving": animator.last_keypoints["driving"][i],
                                  "moved": animator.last_keypoints["moved"][i]}
-                    prediction = side_by_side(source, batch[i], prediction, keypoints)
-                writer.write(prediction)
-            progress.update(len(batch))
+                    prediction = side_by_side(source, driving[i], prediction, keypoints)
+                repeats = batch[i][1]
+                for _ in range(repeats):
+                    writer.write(prediction)
+                progress.update(repeats)
     shortfall = reader.shortfall()
     if shortfall:  # even with --quiet: the output is shorter than the user will expect
-        print(f"fom: warning: {shortfall}; {output} has {reader.frames_decoded} frames", file=sys.stderr)
+        print(f"fom: warning: {shortfall}; {output} has {writer.frames_written} frames", file=sys.stderr)
     return output
 
 

@@ -48,11 +48,11 @@ def test_mp4_with_audio_keeps_fps_frame_count_and_sound(tmp_path, capsys):
     info = probe(tmp_path / "out.mp4")
     assert info.has_audio and info.num_frames == 24 and abs(info.fps - 12) < 1e-3
     assert abs(info.duration - 2.0) < 0.15  # the audio was trimmed to the video
-    # --no-audio drops it, --fps overrides the rate.
+    # --no-audio drops it; --fps sets the rate and keeps the duration (each frame shown twice).
     code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "mute.mp4", *MODEL, "--no-audio",
                             "--fps", "24"], capsys)
     info = probe(tmp_path / "mute.mp4")
-    assert code == 0 and not info.has_audio and info.num_frames == 24 and abs(info.fps - 24) < 1e-3
+    assert code == 0 and not info.has_audio and info.num_frames == 48 and abs(info.fps - 24) < 1e-3
 
 
 def test_a_real_talking_head_video_with_another_aspect_ratio(tmp_path, capsys):
@@ -382,3 +382,39 @@ def test_start_and_duration_outside_the_video(tmp_path, capsys, tone_from_one_se
                            capsys)
     assert code == 2 and err.startswith("fom: error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def audio_seconds(path):
+    """How long the first audio stream of `path` plays, measured by decoding it."""
+    import re
+
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a:0",
+               "-f", "null", "-"]
+    stderr = subprocess.run(command, capture_output=True, text=True).stderr
+    hours, minutes, seconds = re.findall(r"time=(\d+):(\d+):([\d.]+)", stderr)[-1]
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@pytest.mark.parametrize("fps, frames", [(50, 100), (12.5, 25), (7, 14)])
+def test_fps_keeps_the_duration_so_the_sound_stays_in_sync(tmp_path, capsys, fps, frames):
+    driving = make_clip(tmp_path / "drive.mp4", np.concatenate([driving_frames()] * 7)[:50], fps=25, tone=True)
+    code, _, err = run_cli(["animate", SOURCE, driving, "-o", tmp_path / "out.mp4", *MODEL, "--fps", fps], capsys)
+    assert code == 0, err
+    info = probe(tmp_path / "out.mp4")
+    assert info.num_frames == frames and abs(info.fps - fps) < 1e-3 and info.has_audio
+    assert abs(info.num_frames / info.fps - 2.0) <= 1 / fps  # the driving video's two seconds
+    assert abs(audio_seconds(tmp_path / "out.mp4") - info.num_frames / info.fps) <= 1 / fps
+
+
+def test_fps_repeats_or_drops_whole_frames(tmp_path, capsys):
+    """The driving frames are 25 fps: at 50 each prediction shows twice, at 12.5 every other one shows."""
+    expected = np.load(PARITY / "small-ac.npz")["relative_adapt_prediction"]
+    for fps, shown in [(50, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]), (12.5, [0, 2, 4, 6])]:
+        output = tmp_path / f"at-{fps * 10:.0f}"
+        code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", output, *MODEL, "--fps", fps], capsys)
+        assert code == 0, err
+        frames = read_png_frames(output)
+        assert frames.shape[0] == len(shown)
+        assert np.abs(frames - expected[shown]).max() <= 1 / 255 + 1e-6

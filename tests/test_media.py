@@ -265,6 +265,60 @@ def test_prefetch_passes_items_and_errors_through():
     assert not fom_threads()
 
 
+def finishes(function, within=30):
+    """Run `function` in a thread; its result or exception, or an AssertionError if it is still running
+    after `within` seconds (a hang: the limit is far above the time it needs)."""
+    outcome = {}
+
+    def call():
+        try:
+            outcome["result"] = function()
+        except BaseException as error:
+            outcome["error"] = error
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(within)
+    assert not thread.is_alive(), f"{function.__name__} hung"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def test_a_producer_that_dies_before_its_first_item_raises_in_the_consumer():
+    class Unreadable:
+        def __iter__(self):
+            raise OSError("the decoder could not start")
+
+    def consume():
+        return list(prefetch(Unreadable()))
+    with pytest.raises(OSError, match="could not start"):
+        finishes(consume)
+    assert not fom_threads()
+
+
+def test_abandoning_a_video_does_not_wait_for_a_stuck_encoder(tmp_path, monkeypatch):
+    from fom_cli.media import video_out
+
+    stuck, encoding = threading.Event(), threading.Event()
+
+    def hangs(*args, **kwargs):  # a PNG encoder that never returns, like a hung ffmpeg
+        encoding.set()
+        stuck.wait()
+    monkeypatch.setattr(video_out.iio, "imwrite", hangs)
+
+    def write_then_fail():
+        with VideoWriter(tmp_path / "frames/", fps=25) as writer:
+            writer.write(np.zeros((8, 8, 3), np.uint8))
+            encoding.wait()
+            raise KeyboardInterrupt  # Ctrl-C while the encoder hangs
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            finishes(write_then_fail)
+        assert os.listdir(tmp_path) == []  # the output and its temporary folder are gone already
+    finally:
+        stuck.set()
+
+
 def test_prefetch_stays_bounded_and_stops_when_closed():
     produced = 0
     source_closed = threading.Event()

@@ -137,6 +137,29 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(synth_data, tmp_path
                                  "--no-perceptual", "--quiet"))
 
 
+def test_resume_keeps_the_runs_own_options_unless_overridden(synth_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no VGG19: a perceptual loss stops the run
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["train_params"]["checkpoint_freq"] = 1
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
+    common = ["--num-repeats", 1, "--batch-size", 4, "--workers", 0, "--quiet"]
+    run = tmp_path / "run"
+    code, _, err = run_cli(["train", "--config", tmp_path / "toy.yaml", "--data", synth_data, *common, "--epochs", 1,
+                            "--no-perceptual", "--keep-checkpoints", "--seed", 3, "--out", run], capsys)
+    assert code == 0, err
+    latest = run / "checkpoint.pth.tar"
+    # Given again, an option wins: --perceptual needs VGG19's weights, which are not there.
+    code, _, err = run_cli(["train", "--resume", latest, *common, "--epochs", 2, "--perceptual"], capsys)
+    assert code == 2 and "the perceptual loss needs VGG19" in err
+    # Left out, the run's own apply: no VGG19, every checkpoint kept, the same seed.
+    code, _, err = run_cli(["train", "--resume", latest, *common, "--epochs", 2], capsys)
+    assert code == 0, err
+    assert sorted(path.name for path in run.glob("checkpoint-*")) == ["checkpoint-00001.pth.tar",
+                                                                      "checkpoint-00002.pth.tar"]
+    assert read_checkpoint(latest)["run_options"] == {"no_perceptual": True, "keep_checkpoints": True, "seed": 3}
+    assert "--resume keeps the run's options: --no-perceptual --keep-checkpoints --seed 3" in (run / "log.txt").read_text()
+
+
 def test_kept_checkpoints_export_as_their_average(synth_data, tmp_path, capsys):
     config = yaml.safe_load(TOY_CONFIG.read_text())
     config["train_params"]["checkpoint_freq"] = 1

@@ -23,6 +23,8 @@ Under torchrun every process trains on its share of each batch (DistributedDataP
 synchronised across processes); only the first process writes anything.
 """
 
+import argparse
+
 from fom_cli.options import add_batch_size, add_config, add_device, add_quiet, non_negative_int, positive_int
 
 
@@ -48,16 +50,23 @@ def configure_parser(parser):
     losses.add_argument("--vgg-weights", metavar="PATH",
                         help="VGG19 ImageNet weights for the perceptual loss (torchvision's vgg19-dcbb9e9d.pth), when "
                              "they are not in $TORCH_HOME/hub/checkpoints/")
-    losses.add_argument("--no-perceptual", action="store_true",
-                        help="no VGG19: pixel L1 on the image pyramid replaces the perceptual loss")
+    # The run's own options (no_perceptual, keep_checkpoints, seed) default to None, "not given": --resume
+    # then keeps what the run was started with (training/setup.py: RUN_OPTIONS).
+    losses.add_argument("--no-perceptual", dest="no_perceptual", action="store_const", const=True, default=None,
+                        help="no VGG19: pixel L1 on the image pyramid replaces the perceptual loss (a resumed run "
+                             "keeps its choice)")
+    losses.add_argument("--perceptual", dest="no_perceptual", action="store_const", const=False,
+                        help="with --resume: the VGG19 perceptual loss again, for a run started with --no-perceptual")
     running = parser.add_argument_group("running")
     running.add_argument("--workers", type=non_negative_int, default=None,
                          help="data loading processes per training process (default: up to 4)")
     add_device(running)
-    running.add_argument("--seed", type=non_negative_int, default=0, help="initial weights, data order, augmentation and "
-                                                             "warps all follow from it (default 0)")
-    running.add_argument("--keep-checkpoints", action="store_true",
-                         help="also keep every checkpoint as checkpoint-EPOCH.pth.tar (EPOCH: epochs done, 5 digits)")
+    running.add_argument("--seed", type=non_negative_int, default=None, help="initial weights, data order, augmentation "
+                                                                "and warps all follow from it (default 0; a resumed "
+                                                                "run keeps its own)")
+    running.add_argument("--keep-checkpoints", action=argparse.BooleanOptionalAction, default=None,
+                         help="also keep every checkpoint as checkpoint-EPOCH.pth.tar (EPOCH: epochs done, 5 digits; "
+                              "a resumed run keeps its choice)")
     add_quiet(running, "no progress bar or messages (log.txt is still written)")
 
 

@@ -32,6 +32,10 @@ DEFAULT_FPS = 25.0
 # more would only cost memory.
 QUEUE_SIZE = 4
 
+# Seconds to wait for a background decoder or encoder to stop when its work is abandoned (Ctrl-C, an
+# error): long enough for ffmpeg to quit cleanly, short enough that a hung one does not hang fom.
+STOP_TIMEOUT = 1.0
+
 # imageio-ffmpeg reports some harmless events (e.g. a rotated phone video) as logging warnings; without a
 # handler Python would print them on stderr. An application that configures logging still sees them.
 logging.getLogger("imageio_ffmpeg").addHandler(logging.NullHandler())
@@ -70,8 +74,9 @@ def prefetch(iterable, size=QUEUE_SIZE):
         return False
 
     def produce():
-        iterator = iter(iterable)
+        iterator = None
         try:
+            iterator = iter(iterable)  # may fail too: that failure must reach the consumer like any other
             for item in iterator:
                 if not hand_over((_ITEM, item)):
                     return
@@ -87,7 +92,7 @@ def prefetch(iterable, size=QUEUE_SIZE):
     producer.start()
     try:
         while True:
-            kind, payload = handover.get()
+            kind, payload = _receive(handover, producer)
             if kind == _END:
                 return
             if kind == _ERROR:
@@ -101,7 +106,22 @@ def prefetch(iterable, size=QUEUE_SIZE):
                 handover.get_nowait()
         except queue.Empty:
             pass
-        producer.join()
+        # A producer stuck in a hung decoder must not hang Ctrl-C: give up waiting after a while (it is a
+        # daemon thread, gone when the process ends).
+        producer.join(timeout=STOP_TIMEOUT)
+
+
+def _receive(handover, producer):
+    """The next entry from the producer; RuntimeError if it died without a word instead of waiting forever."""
+    while True:
+        try:
+            return handover.get(timeout=0.1)
+        except queue.Empty:
+            if not producer.is_alive():
+                try:  # it may have handed over its last entry just before it ended
+                    return handover.get_nowait()
+                except queue.Empty:
+                    raise RuntimeError("the background frame reader stopped without a result") from None
 
 
 # ----------------------------------------------------------------------------------------------------

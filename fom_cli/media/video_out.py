@@ -21,7 +21,7 @@ from fom_cli.media.ffmpeg import last_ffmpeg_message, run_ffmpeg
 from fom_cli.media.files import (AtomicOutput, make_directories, os_error_line, remove_directories,
                                  remove_path, temporary_path_beside)
 from fom_cli.media.images import to_uint8
-from fom_cli.media.video_in import QUEUE_SIZE, probe, video_stream_line
+from fom_cli.media.video_in import QUEUE_SIZE, STOP_TIMEOUT, probe, video_stream_line
 
 # Output containers that can carry a sound track, and the audio codec each one gets.
 AUDIO_CODEC_FOR_CONTAINER = {".mp4": "aac", ".mov": "aac", ".mkv": "aac", ".webm": "libopus"}
@@ -352,7 +352,9 @@ class VideoWriter:
             except queue.Empty:
                 pass
             self._frames.put(_ABORT)
-            self._encoder.join()
+            # An encoder stuck in a hung ffmpeg must not hang Ctrl-C: stop waiting after a while (a daemon
+            # thread, gone with the process) and remove the output all the same.
+            self._encoder.join(timeout=STOP_TIMEOUT)
         if self._output is not None:
             self._output.discard()
         remove_directories(self._created_directories)

@@ -27,10 +27,18 @@ returns copies whose blocks compute the same functions with less work:
   convolution there, and as close to float64 (README: measured speeds).
 
 Results match the original blocks to float rounding (about 1e-6; 1e-5 before the final sigmoid).
+
+The last two rest on private torch ops (torch._C._nn.mkldnn_reorder_conv2d_weight, torch.ops.mkldnn and
+torch.ops.onednn), which a torch release may change or drop. So each is built inside a fallback to plain
+PyTorch, and its first call is checked against the plain path on that call's own input: an error, or a
+result more than 1e-5 (relative) away, switches the module to plain PyTorch for good, with a one-line
+note. FOM_NO_PRIVATE_OPS=1 leaves them out altogether.
 """
 
 import copy
 import math
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -51,18 +59,80 @@ def folded_conv(conv, norm):
     return fused
 
 
+def private_ops_allowed():
+    """False when the user opted out of torch's private CPU ops with FOM_NO_PRIVATE_OPS=1."""
+    return os.environ.get("FOM_NO_PRIVATE_OPS", "").strip().lower() not in ("1", "true", "yes", "on")
+
+
 def _cpu_prepack_available():
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
-class Conv(nn.Module):
+# How far (max |fast - plain| / max |plain|) a private op's first result may be from plain PyTorch's. Both
+# are float32 convolutions, which agree to about 1e-6.
+PRIVATE_OP_TOLERANCE = 1e-5
+
+_notes_given = set()
+
+
+def _note_once(message):
+    """A one-line note on stderr, once per process however many modules fall back."""
+    if message not in _notes_given:
+        _notes_given.add(message)
+        print(f"fom: note: {message}", file=sys.stderr)
+
+
+def relative_difference(fast, plain) -> float:
+    """max |fast - plain| / max |plain| (nan when fast has NaNs that plain does not)."""
+    largest = float(plain.abs().max()) if plain.numel() else 0.0
+    return float((fast.float() - plain.float()).abs().max()) / max(largest, 1e-30) if plain.numel() else 0.0
+
+
+class PrivateOpFallback:
+    """For a module whose fast path calls private torch ops and which can compute the same with plain
+    PyTorch (`_fast(x)` and `_plain(x)`): the first fast call is checked against the plain path on its
+    own input, and any error or a difference above PRIVATE_OP_TOLERANCE switches the module to the plain
+    path for good (`_give_up()`), with a note. Later errors fall back the same way."""
+
+    description = "a private torch op"
+    verified = False
+
+    def _checked_fast(self, x):
+        try:
+            fast = self._fast(x)
+        except Exception as error:  # a torch release that changed or dropped the op
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            return self._fall_back(x, f"failed ({type(error).__name__}: {reason})")
+        if not self.verified:
+            plain = self._plain(x)
+            difference = relative_difference(fast, plain)
+            if not difference <= PRIVATE_OP_TOLERANCE:
+                return self._fall_back(x, f"differs from plain PyTorch by {difference:.1e} (relative)", plain)
+            self.verified = True
+            self._verified()
+        return fast
+
+    def _fall_back(self, x, what, plain=None):
+        _note_once(f"{self.description} {what} on this machine; using plain PyTorch convolutions instead "
+                   f"(same results, slower)")
+        self._give_up()
+        return self._plain(x) if plain is None else plain
+
+    def _verified(self):
+        """Called once the fast path has matched the plain one: drop what only the check needed."""
+
+
+class Conv(PrivateOpFallback, nn.Module):
     """A stride-1 convolution with an optional ReLU, for inference only.
 
     After `prepack()` the weights live in oneDNN's blocked layout (an mkldnn tensor) and CPU float32
-    calls go straight to oneDNN with the ReLU fused. The first call that oneDNN's fused kernel cannot
-    take (autocast, another dtype) unpacks the weights for good, so a mismatch costs one reorder, not
-    one per frame.
+    calls go straight to oneDNN with the ReLU fused; the plain weights are kept until the first such call
+    has matched a plain convolution (PrivateOpFallback). The first call that oneDNN's fused kernel
+    cannot take (autocast, another dtype) unpacks the weights for good, so a mismatch costs one reorder,
+    not one per frame.
     """
+
+    description = "oneDNN's prepacked convolution (a private torch op)"
 
     def __init__(self, weight, bias, padding, relu=False, groups=1):
         super().__init__()
@@ -81,19 +151,43 @@ class Conv(nn.Module):
         return cls(conv.weight, conv.bias, conv.padding, relu=relu, groups=conv.groups)
 
     def prepack(self):
-        weight = self.weight.detach().contiguous().to_mkldnn()
-        self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight, self.padding, [1, 1], [1, 1], self.groups)
-        self.weight = None   # one copy of the weights in memory, not two
+        """Reorder the weights for oneDNN; where the private reorder fails, stay a plain convolution."""
+        try:
+            weight = self.weight.detach().contiguous().to_mkldnn()
+            self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight, self.padding, [1, 1], [1, 1],
+                                                                    self.groups)
+        except Exception as error:
+            self.packed = None
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _note_once(f"{self.description} failed on this machine ({type(error).__name__}: {reason}); using "
+                       f"plain PyTorch convolutions instead (same results, slower)")
 
     def forward(self, x):
         if self.packed is not None:
             if x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
-                return torch.ops.mkldnn._convolution_pointwise(x, self.packed, self.bias, self.padding, [1, 1], [1, 1],
-                                                               self.groups, "relu" if self.relu else "none", [], "")
-            self.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
-            self.packed = None
+                return self._checked_fast(x)
+            self._unpack()
+        return self._plain(x)
+
+    def _fast(self, x):
+        return torch.ops.mkldnn._convolution_pointwise(x, self.packed, self.bias, self.padding, [1, 1], [1, 1],
+                                                       self.groups, "relu" if self.relu else "none", [], "")
+
+    def _plain(self, x):
         out = F.conv2d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
         return F.relu(out, inplace=True) if self.relu else out
+
+    def _verified(self):
+        self.weight = None   # one copy of the weights in memory, not two
+
+    def _give_up(self):
+        self._unpack()
+
+    def _unpack(self):
+        """Plain weights for good (from the packed ones when the check already dropped them)."""
+        if self.weight is None:
+            self.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
+        self.packed = None
 
 
 def _amx_int8_available():
@@ -104,11 +198,11 @@ def _amx_int8_available():
             and hasattr(torch.cpu, "_is_amx_tile_supported") and torch.cpu._is_amx_tile_supported())
 
 
-class Int8SplitConv(nn.Module):
+class Int8SplitConv(PrivateOpFallback, nn.Module):
     """A float32 convolution computed in integers on the CPU's int8 matrix units, to float32 accuracy
     (the Ozaki scheme, as used to emulate high-precision matrix products on low-precision hardware).
 
-    Weights, per output channel, and the input, per call, are scaled by powers of two to 24-bit
+    Weights, per output channel, and the input, per sample, are scaled by powers of two to 24-bit
     fixed point and split into three 8-bit limbs, most significant first: x = 2^ex (x0 256^2 + x1 256
     + x2), w = 2^ew (w0 256^2 + w1 256 + w2). Every limb product is exact in int32. The six whose
     significance i + j is at most 2 are added into one float32 output by three oneDNN calls, one per
@@ -117,11 +211,18 @@ class Int8SplitConv(nn.Module):
     float32's own rounding, and like it, unbiased: on vox-256's bottleneck the result is 3e-7 from a
     float64 convolution, against 7e-7 for oneDNN's float32 one (tests check it against float64).
 
-    The input limbs are unsigned, so an input with negative values is shifted by its minimum m:
+    The input limbs are unsigned, so a sample with negative values is shifted by its minimum m:
     conv(x) = conv(x - m) + m conv(1), where conv(1) (the convolution of an all-ones image, with the
-    zero padding's borders) is computed once per input size.
+    zero padding's borders) is computed once per input size. Scale and shift are each sample's own, so a
+    dark frame keeps its precision next to a bright one, and a sample's result does not depend on the
+    batch it came in. oneDNN scales its output per channel only, so the samples' input exponents are
+    applied after it, as exact multiplications by powers of two, followed by bias and ReLU.
+
+    It rests on oneDNN's private int8 ops (PrivateOpFallback): where they fail or their first result is
+    off, it computes plain float32 convolutions with the weights rebuilt from the limbs.
     """
 
+    description = "the int8 split convolution (private oneDNN ops)"
     LIMBS = 3
     SIGNIFICANCES = 3   # i + j = 0, 1, 2
 
@@ -177,50 +278,65 @@ class Int8SplitConv(nn.Module):
         return self.ones_response[key]
 
     def forward(self, x):
-        if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
-            # What oneDNN's int8 kernels cannot take (autocast, another dtype): a plain convolution with
-            # the weights rebuilt from their limbs once (to float32 rounding; as Conv unpacks its own).
-            if self.fallback_weight is None:
-                self.fallback_weight = self.float_weight()
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            out = F.conv2d(x, self.fallback_weight.to(x.dtype), bias, padding=self.padding)
-            return F.relu(out) if self.relu else out
+        if self.packed and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            return self._checked_fast(x)
+        # What oneDNN's int8 kernels cannot take (autocast, another dtype), or a machine where they failed:
+        # a plain convolution, as Conv unpacks its own.
+        return self._plain(x)
+
+    def _plain(self, x):
+        """A plain convolution with the weights rebuilt from their limbs once (to float32 rounding)."""
+        if self.fallback_weight is None:
+            self.fallback_weight = self.float_weight()
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        out = F.conv2d(x, self.fallback_weight.to(x.dtype), bias, padding=self.padding)
+        return F.relu(out) if self.relu else out
+
+    def _verified(self):
+        self.fallback_weight = None  # only the check needed it (autocast rebuilds it)
+
+    def _give_up(self):
+        self.packed = []
+
+    def _fast(self, x):
         x = x.contiguous(memory_format=torch.channels_last)
         n, channels, height, width = x.shape
-        low, high = torch.aminmax(x.permute(0, 2, 3, 1).reshape(-1))   # channels_last memory is NHWC
-        shift = min(float(low), 0.0)
-        if shift < 0:
-            x = x - shift
+        low, high = torch.aminmax(x.permute(0, 2, 3, 1).reshape(n, -1), dim=1)   # channels_last memory is NHWC
+        shifts = [min(value, 0.0) for value in low.tolist()]
         # x / 2^ex < 2^24 (span = f 2^k with f < 1): 24-bit fixed point, and rounding it is exact in float32.
-        input_exponent = math.frexp(max(float(high) - shift, 1e-30))[1] - 8 * self.LIMBS
-        fixed = x.mul(2.0 ** -input_exponent).round_()
-        if shift < 0:   # x - shift may round up past the span
+        exponents = [math.frexp(max(top - shift, 1e-30))[1] - 8 * self.LIMBS
+                     for top, shift in zip(high.tolist(), shifts)]
+        shifted = any(shift < 0 for shift in shifts)
+        if shifted:
+            shift = torch.tensor(shifts, dtype=torch.float32).view(n, 1, 1, 1)
+            x = x - shift
+        fixed = x.mul(torch.tensor([2.0 ** -e for e in exponents], dtype=torch.float32).view(n, 1, 1, 1)).round_()
+        if shifted:   # x - shift may round up past the span
             fixed.clamp_(max=256 ** self.LIMBS - 1)
         # The limbs are the int32's bytes (little-endian: byte 2 is the most significant limb): one
         # strided gather per oneDNN call instead of shifting and masking the whole tensor.
         fixed = fixed.to(torch.int32).permute(0, 2, 3, 1).contiguous()
         limbs = fixed.view(torch.uint8).view(n, height, width, channels, 4).unbind(-1)[self.LIMBS - 1::-1]
-        relu_here = self.relu and shift == 0
         out = None
         for g in range(len(self.packed)):
             used = [limbs[i] for i in self.input_limbs(g)]
             inputs = torch.stack(used, dim=3).view(n, height, width, len(used) * channels).permute(0, 3, 1, 2)
-            scale = torch.exp2(self.weight_exponent + (input_exponent + 8 * (2 * self.LIMBS - 2 - g)))
-            unary = "relu" if relu_here and g == len(self.packed) - 1 else "none"
+            scale = torch.exp2(self.weight_exponent + 8 * (2 * self.LIMBS - 2 - g))
             if out is None:
                 out = torch.ops.onednn.qconv2d_pointwise(inputs, 1.0, 0, self.packed[g], scale, self.zero_points,
-                                                         self.bias, [1, 1], self.padding, [1, 1], 1, 1.0, 0,
-                                                         torch.float32, unary, [], "")
+                                                         None, [1, 1], self.padding, [1, 1], 1, 1.0, 0,
+                                                         torch.float32, "none", [], "")
             else:
                 out = torch.ops.onednn.qconv2d_pointwise.binary(inputs, 1.0, 0, self.packed[g], scale,
                                                                 self.zero_points, out, None, [1, 1], self.padding,
                                                                 [1, 1], 1, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0,
-                                                                unary, [], "")
-        if shift < 0:
-            out.add_(self.response_to_ones(*x.shape[2:]), alpha=shift)
-            if self.relu:
-                out.relu_()
-        return out
+                                                                "none", [], "")
+        out.mul_(torch.tensor([2.0 ** e for e in exponents], dtype=torch.float32).view(n, 1, 1, 1))
+        if shifted:
+            out.add_(self.response_to_ones(height, width) * shift)
+        if self.bias is not None:
+            out.add_(self.bias.view(1, -1, 1, 1))
+        return out.relu_() if self.relu else out
 
 
 class RowsConv(nn.Module):
@@ -361,17 +477,23 @@ def _rewrite(module, memory_format, split_rows):
 def optimize_for_inference(network, channels_last=True, inplace=False, prepack=False):
     """`network` in eval mode with the exact rewrites above applied: a copy, or the network itself when
     `inplace` (saves holding two copies of the weights while loading). `prepack`: also reorder the
-    convolution weights for oneDNN (for CPU float32 inference; ignored where oneDNN is missing)."""
+    convolution weights for oneDNN (for CPU float32 inference; ignored where oneDNN is missing or with
+    FOM_NO_PRIVATE_OPS=1)."""
     network = (network if inplace else copy.deepcopy(network)).eval()
     on_cpu = all(parameter.device.type == "cpu" for parameter in network.parameters())
     with torch.no_grad():
         _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format, split_rows=on_cpu)
-        if prepack and on_cpu and _cpu_prepack_available():
+        if prepack and on_cpu and _cpu_prepack_available() and private_ops_allowed():
             if _amx_int8_available():
                 for module in network.modules():
                     if isinstance(module, FoldedResBlock) and module.conv1.weight[0].numel() >= INT8_SPLIT_MIN_FAN_IN:
-                        module.conv1 = Int8SplitConv.like(module.conv1)
-                        module.conv2 = Int8SplitConv.like(module.conv2)
+                        try:
+                            conv1, conv2 = Int8SplitConv.like(module.conv1), Int8SplitConv.like(module.conv2)
+                        except Exception as error:  # the private int8 ops changed: oneDNN float32 stays
+                            _note_once(f"{Int8SplitConv.description} could not be built ({type(error).__name__}); "
+                                       f"using float32 convolutions")
+                            break
+                        module.conv1, module.conv2 = conv1, conv2
             for module in network.modules():
                 if isinstance(module, Conv):
                     module.prepack()

@@ -27,8 +27,9 @@ from fom_cli.training.distributed import distributed_environment, mean_over_proc
 from fom_cli.training.losses import DiscriminatorFullModel, GeneratorFullModel, RandomTransform, load_vgg19, \
     loss_weights
 from fom_cli.training.run_log import CHECKPOINT_NAME, RunLog, run_folder
-from fom_cli.training.setup import (build_networks, build_optimizers, check_vgg_input_size, choose_device,
-                                    resume_state, training_checkpoint, training_config, training_data)
+from fom_cli.training.setup import (RUN_OPTIONS, build_networks, build_optimizers, check_vgg_input_size,
+                                    choose_device, resolve_run_options, resume_state, training_checkpoint,
+                                    training_config, training_data)
 
 
 def stream_seed(*keys):
@@ -109,6 +110,7 @@ def prepare_run(args, rank, world_size, device):
     # Training reads the whole original (discriminator, optimisers), not the slim file animation uses.
     checkpoint_path = resolve_checkpoint(args.resume or args.init, args.quiet or rank != 0, full=True)
     checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
+    restored = resolve_run_options(args, checkpoint if args.resume else None)
     config = training_config(args, checkpoint, checkpoint_path)
     train_params, model_params = config["train_params"], config["model_params"]
     num_epochs, batch_size = train_params["num_epochs"], train_params["batch_size"]
@@ -134,6 +136,12 @@ def prepare_run(args, rank, world_size, device):
             raise FomError(f"{checkpoint_path} has already trained {start_epoch} of {num_epochs} epochs; pass --epochs "
                            f"with more than {start_epoch} to train longer")
     del checkpoint
+    if restored:
+        flags = {"no_perceptual": lambda on: "--no-perceptual" if on else "--perceptual",
+                 "keep_checkpoints": lambda on: "--keep-checkpoints" if on else "--no-keep-checkpoints",
+                 "seed": lambda seed: f"--seed {seed}"}
+        notes.append("--resume keeps the run's options: " + " ".join(flags[name](value)
+                                                                   for name, value in restored.items()))
 
     # Losses. The discriminator trains only when the generator has a GAN loss, as in the original.
     if sum(weights["perceptual"]) != 0 and not use_vgg:
@@ -244,7 +252,8 @@ def end_of_epoch(args, run, log, epoch, mean_losses, batch, generated, checkpoin
         print(f"epoch {epoch + 1}/{num_epochs}: " + ", ".join(f"{name} {value:.4f}" for name, value
                                                             in mean_losses.items()), file=sys.stderr)
     if (epoch + 1) % run.config["train_params"].get("checkpoint_freq", num_epochs) == 0 or epoch == num_epochs - 1:
-        checkpoint = training_checkpoint(run.config, run.networks, run.optimizers, run.schedulers, epoch)
+        checkpoint = training_checkpoint(run.config, run.networks, run.optimizers, run.schedulers, epoch,
+                                         {name: getattr(args, name) for name in RUN_OPTIONS})
         save_checkpoint(checkpoint_file, checkpoint)
         if args.keep_checkpoints:
             save_checkpoint(run.out_dir / f"checkpoint-{epoch + 1:05d}.pth.tar", checkpoint)

@@ -178,11 +178,33 @@ def training_data(config, seed, rank, world_size, workers, device):
     return dataset, sampler, loader
 
 
-def training_checkpoint(config, networks, optimizers, schedulers, epoch):
+# The options of `fom train` that belong to the run, not to one invocation, with their defaults: stored in
+# every checkpoint, and kept by --resume unless the command line gives them again.
+RUN_OPTIONS = {"no_perceptual": False, "keep_checkpoints": False, "seed": 0}
+
+
+def resolve_run_options(args, resumed_checkpoint=None):
+    """Fill in the run options the command line left unset (None): the resumed run's own, else the
+    defaults. Returns {name: value} of those taken from the checkpoint."""
+    stored = (resumed_checkpoint or {}).get("run_options") or {}
+    restored = {}
+    for name, default in RUN_OPTIONS.items():
+        if getattr(args, name, None) is None:
+            value = stored.get(name, default)
+            setattr(args, name, value)
+            if name in stored:
+                restored[name] = value
+    return restored
+
+
+def training_checkpoint(config, networks, optimizers, schedulers, epoch, run_options=None):
     """The original's checkpoint dict (networks, optimizer_<network>, epoch = the last finished epoch),
-    plus the learning-rate schedules and RNG state, and fom's config and metadata."""
+    plus the learning-rate schedules and RNG state, the run options (RUN_OPTIONS) and fom's config and
+    metadata."""
     extra = {f"optimizer_{name}": optimizer.state_dict() for name, optimizer in optimizers.items()}
     extra["epoch"] = epoch
+    if run_options is not None:
+        extra["run_options"] = dict(run_options)
     # Only the epoch count: milestones and gamma come from the config, the current rates are in the optimisers.
     extra.update({f"scheduler_{name}": {"last_epoch": scheduler.last_epoch} for name, scheduler in schedulers.items()})
     extra["rng"] = {"torch": torch.get_rng_state()}
