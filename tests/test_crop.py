@@ -517,3 +517,51 @@ def test_crops_animate(media_dir, tmp_path, capsys):
     assert code == 0, err
     animated, clip = probe(tmp_path / "animated.mp4"), probe(tmp_path / "carphone_pristine_1.mp4")
     assert animated.size == (128, 128) and animated.num_frames == clip.num_frames >= 110
+
+
+# --- non-square pixels -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def anamorphic_pair(tmp_path_factory):
+    """The astronaut's head still on a 360x240 canvas for 30 frames: as it is (square.mp4), and stored
+    240x240 with 3:2 pixels (anamorphic.mp4), which a player shows as the same 360x240 picture."""
+    directory = tmp_path_factory.mktemp("anamorphic")
+    canvas = np.full((240, 360, 3), 110, dtype=np.uint8)
+    canvas[50:170, 180:300] = face_head(data.astronaut(), (175, 66, 272, 170), 120)
+    square = directory / "square.mp4"
+    with VideoWriter(square, fps=COMPOSED_FPS) as writer:
+        for _ in range(30):
+            writer.write(canvas)
+    anamorphic = directory / "anamorphic.mp4"
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(square), "-vf", "scale=240:240,setsar=3/2", str(anamorphic)],
+                   check=True)
+    return square, anamorphic
+
+
+def test_non_square_pixels_are_cropped_as_shown(anamorphic_pair, tmp_path, capsys):
+    square, anamorphic = anamorphic_pair
+    assert probe(anamorphic).size == (240, 240) and probe(anamorphic).pixel_aspect == pytest.approx(1.5)
+    assert probe(square).pixel_aspect == 1 and probe(CARPHONE).pixel_aspect == pytest.approx(128 / 117)
+    code, out, err = fom_crop(square, anamorphic, "-o", tmp_path, "--size", "128", "--json", capsys=capsys)
+    assert code == 0, err
+    by_name = {Path(record["input"]).name: record for record in json_records(out)}
+    # Boxes in display pixels: the face is found where it is shown (centre x 240), not squeezed to x 160
+    # (dlib sizes its boxes in coarse steps, so they differ by a few pixels).
+    assert np.abs(np.subtract(by_name["anamorphic.mp4"]["face_box"], by_name["square.mp4"]["face_box"])).max() < 12
+    # The crop is the picture as shown, cut at the reported window: the same as cutting the square-pixel
+    # video there (up to resampling and encoding).
+    left, top, right, bottom = by_name["anamorphic.mp4"]["box"]
+    shown = cut(read_frames(square)[0], Window(left=left, top=top, side=right - left), 128).astype(np.float64)
+    crop = read_frames(by_name["anamorphic.mp4"]["output"])[0].astype(np.float64)
+    assert np.abs(crop - shown).mean() < 6  # 69 when the pixels are taken as square
+
+    # The printed ffmpeg command stretches the frames the same way first.
+    code, out, err = fom_crop(anamorphic, "-o", tmp_path / "by-ffmpeg", "--size", "128", "--print-ffmpeg",
+                              capsys=capsys)
+    assert code == 0, err
+    assert "scale=360:240, setsar=1, crop=" in out[1]
+    command = shlex.split(out[1])
+    subprocess.run(["mkdir", "-p", tmp_path / "by-ffmpeg"], check=True)
+    subprocess.run([FFMPEG, "-v", "error", *command[1:]], check=True)
+    by_ffmpeg = read_frames(tmp_path / "by-ffmpeg" / "anamorphic_1.mp4")[0].astype(np.float64)
+    assert np.abs(by_ffmpeg - crop).mean() < 10  # ffmpeg resamples bicubically, fom bilinearly
