@@ -232,6 +232,30 @@ def test_print_ffmpeg_prints_a_working_command_and_writes_nothing(media_dir, tmp
     assert np.abs(by_ffmpeg - ours).mean() < 8
 
 
+# The extent (left, top, right, bottom) of the 68 face landmarks of dlib's shape predictor
+# (shape_predictor_68_face_landmarks.dat of face_recognition_models 0.3.0), measured once on the photos:
+# jaw to jaw, eyebrows to chin.
+LANDMARK_EXTENTS = {"astronaut.png": (179, 87, 271, 178), "grace_hopper.jpg": (179, 154, 353, 331)}
+
+
+def test_photo_crops_are_framed_like_the_training_data(media_dir, tmp_path, capsys):
+    """The released vox checkpoints were trained on crops framed from S3FD-like (WIDER FACE) boxes: more
+    of the head than dlib's tight box, which with --increase 0.1 cut the chin and most of the forehead."""
+    code, out, err = fom_crop(media_dir / "astronaut.png", GRACE_HOPPER, "-o", tmp_path, "--json", capsys=capsys)
+    assert code == 0, err
+    for record in json_records(out):
+        left, top, right, bottom = record["box"]
+        landmarks_left, landmarks_top, landmarks_right, landmarks_bottom = LANDMARK_EXTENTS[Path(record["input"]).name]
+        landmarks_height = landmarks_bottom - landmarks_top
+        side_ratio = (right - left) / max(landmarks_right - landmarks_left, landmarks_height)
+        above_eyebrows = (landmarks_top - top) / landmarks_height
+        below_chin = (bottom - landmarks_bottom) / landmarks_height
+        print(f"{record['input']}: window {side_ratio:.2f} x the landmarks' extent, {above_eyebrows:.2f} of their "
+              f"height above the eyebrows, {below_chin:.2f} below the chin")
+        # dlib's own boxes gave 1.17 and 1.23, 0.21 and 0.20, -0.02 and 0.03; MTCNN's 1.43 and 1.50.
+        assert 1.35 < side_ratio < 1.6 and above_eyebrows > 0.28 and below_chin > 0.07
+
+
 # --- carphone: a real talking head -----------------------------------------------------------------------
 
 def test_carphone_has_a_face_in_nearly_every_frame(detector):
