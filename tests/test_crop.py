@@ -232,6 +232,30 @@ def test_print_ffmpeg_prints_a_working_command_and_writes_nothing(media_dir, tmp
     assert np.abs(by_ffmpeg - ours).mean() < 8
 
 
+# The extent (left, top, right, bottom) of the 68 face landmarks of dlib's shape predictor
+# (shape_predictor_68_face_landmarks.dat of face_recognition_models 0.3.0), measured once on the photos:
+# jaw to jaw, eyebrows to chin.
+LANDMARK_EXTENTS = {"astronaut.png": (179, 87, 271, 178), "grace_hopper.jpg": (179, 154, 353, 331)}
+
+
+def test_photo_crops_are_framed_like_the_training_data(media_dir, tmp_path, capsys):
+    """The released vox checkpoints were trained on crops framed from S3FD-like (WIDER FACE) boxes: more
+    of the head than dlib's tight box, which with --increase 0.1 cut the chin and most of the forehead."""
+    code, out, err = fom_crop(media_dir / "astronaut.png", GRACE_HOPPER, "-o", tmp_path, "--json", capsys=capsys)
+    assert code == 0, err
+    for record in json_records(out):
+        left, top, right, bottom = record["box"]
+        landmarks_left, landmarks_top, landmarks_right, landmarks_bottom = LANDMARK_EXTENTS[Path(record["input"]).name]
+        landmarks_height = landmarks_bottom - landmarks_top
+        side_ratio = (right - left) / max(landmarks_right - landmarks_left, landmarks_height)
+        above_eyebrows = (landmarks_top - top) / landmarks_height
+        below_chin = (bottom - landmarks_bottom) / landmarks_height
+        print(f"{record['input']}: window {side_ratio:.2f} x the landmarks' extent, {above_eyebrows:.2f} of their "
+              f"height above the eyebrows, {below_chin:.2f} below the chin")
+        # dlib's own boxes gave 1.17 and 1.23, 0.21 and 0.20, -0.02 and 0.03; MTCNN's 1.43 and 1.50.
+        assert 1.35 < side_ratio < 1.6 and above_eyebrows > 0.28 and below_chin > 0.07
+
+
 # --- carphone: a real talking head -----------------------------------------------------------------------
 
 def test_carphone_has_a_face_in_nearly_every_frame(detector):
@@ -517,3 +541,51 @@ def test_crops_animate(media_dir, tmp_path, capsys):
     assert code == 0, err
     animated, clip = probe(tmp_path / "animated.mp4"), probe(tmp_path / "carphone_pristine_1.mp4")
     assert animated.size == (128, 128) and animated.num_frames == clip.num_frames >= 110
+
+
+# --- non-square pixels -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def anamorphic_pair(tmp_path_factory):
+    """The astronaut's head still on a 360x240 canvas for 30 frames: as it is (square.mp4), and stored
+    240x240 with 3:2 pixels (anamorphic.mp4), which a player shows as the same 360x240 picture."""
+    directory = tmp_path_factory.mktemp("anamorphic")
+    canvas = np.full((240, 360, 3), 110, dtype=np.uint8)
+    canvas[50:170, 180:300] = face_head(data.astronaut(), (175, 66, 272, 170), 120)
+    square = directory / "square.mp4"
+    with VideoWriter(square, fps=COMPOSED_FPS) as writer:
+        for _ in range(30):
+            writer.write(canvas)
+    anamorphic = directory / "anamorphic.mp4"
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(square), "-vf", "scale=240:240,setsar=3/2", str(anamorphic)],
+                   check=True)
+    return square, anamorphic
+
+
+def test_non_square_pixels_are_cropped_as_shown(anamorphic_pair, tmp_path, capsys):
+    square, anamorphic = anamorphic_pair
+    assert probe(anamorphic).size == (240, 240) and probe(anamorphic).pixel_aspect == pytest.approx(1.5)
+    assert probe(square).pixel_aspect == 1 and probe(CARPHONE).pixel_aspect == pytest.approx(128 / 117)
+    code, out, err = fom_crop(square, anamorphic, "-o", tmp_path, "--size", "128", "--json", capsys=capsys)
+    assert code == 0, err
+    by_name = {Path(record["input"]).name: record for record in json_records(out)}
+    # Boxes in display pixels: the face is found where it is shown (centre x 240), not squeezed to x 160
+    # (dlib sizes its boxes in coarse steps, so they differ by a few pixels).
+    assert np.abs(np.subtract(by_name["anamorphic.mp4"]["face_box"], by_name["square.mp4"]["face_box"])).max() < 12
+    # The crop is the picture as shown, cut at the reported window: the same as cutting the square-pixel
+    # video there (up to resampling and encoding).
+    left, top, right, bottom = by_name["anamorphic.mp4"]["box"]
+    shown = cut(read_frames(square)[0], Window(left=left, top=top, side=right - left), 128).astype(np.float64)
+    crop = read_frames(by_name["anamorphic.mp4"]["output"])[0].astype(np.float64)
+    assert np.abs(crop - shown).mean() < 6  # 69 when the pixels are taken as square
+
+    # The printed ffmpeg command stretches the frames the same way first.
+    code, out, err = fom_crop(anamorphic, "-o", tmp_path / "by-ffmpeg", "--size", "128", "--print-ffmpeg",
+                              capsys=capsys)
+    assert code == 0, err
+    assert "scale=360:240, setsar=1, crop=" in out[1]
+    command = shlex.split(out[1])
+    subprocess.run(["mkdir", "-p", tmp_path / "by-ffmpeg"], check=True)
+    subprocess.run([FFMPEG, "-v", "error", *command[1:]], check=True)
+    by_ffmpeg = read_frames(tmp_path / "by-ffmpeg" / "anamorphic_1.mp4")[0].astype(np.float64)
+    assert np.abs(by_ffmpeg - crop).mean() < 10  # ffmpeg resamples bicubically, fom bilinearly

@@ -14,10 +14,14 @@ An input that gives no crop (no face, or none that stays --min-frames) is skippe
 it. Exit code: 0 when every input gave crops, 1 when some were skipped and others were cropped, 2 when
 nothing was cropped or for an error.
 
+Videos with non-square pixels (a sample aspect ratio other than 1:1, such as carphone's 128:117) are
+cropped as they are shown: their frames are stretched to the display shape first, so faces keep their
+proportions.
+
 --json prints one line per crop written: input, output, box (the crop window, [left, top, right,
-bottom] in input pixels; it reaches past the frame where the crop has black borders; for --smooth, the
-area the moving window covers), face_box (the face's box, over a clip the union of its boxes),
-first_frame, last_frame and fps (photos: 0, 0 and null).
+bottom] in input pixels, of the display shape for non-square pixels; it reaches past the frame where the
+crop has black borders; for --smooth, the area the moving window covers), face_box (the face's box, over
+a clip the union of its boxes), first_frame, last_frame and fps (photos: 0, 0 and null).
 
 examples:
   fom crop photos/*.jpg -o crops/
@@ -25,6 +29,7 @@ examples:
   fom crop talk.mp4 -o clips/ --detector sfd --print-ffmpeg
 """
 
+import dataclasses
 import json
 import os
 import shlex
@@ -38,7 +43,7 @@ from fom_cli.compositing import cut, square_window
 from fom_cli.errors import BadInput, BadOutput
 from fom_cli.face_tracks import MAX_MISSING_SECONDS, clip_for_tube, link_tubes
 from fom_cli.media.files import remove_directories
-from fom_cli.media.images import IMAGE_EXTENSIONS, read_image, write_image
+from fom_cli.media.images import IMAGE_EXTENSIONS, read_image, resize, to_uint8, write_image
 from fom_cli.media.video_in import VideoReader
 from fom_cli.media.video_out import VideoWriter
 from fom_cli.options import add_device, add_quiet, fraction, non_negative_float, positive_int
@@ -88,15 +93,18 @@ def configure_parser(parser):
 
 # --- the original's ffmpeg commands ----------------------------------------------------------------------
 
-def ffmpeg_command(input_path, output_path, window, frame_size, size, start=None, duration=None):
+def ffmpeg_command(input_path, output_path, window, frame_size, size, start=None, duration=None,
+                   stretch=False):
     """The ffmpeg command the original crop-video.py prints for a crop (trim, crop, scale), with a pad
-    filter added where the window reaches past the frame (crop cannot make black borders)."""
+    filter added where the window reaches past the frame (crop cannot make black borders). `stretch`: the
+    input has non-square pixels and `frame_size` is its display shape, which a first scale filter makes."""
     frame_height, frame_width = frame_size
     left, top, right, bottom = window.box
     visible_left, visible_top = max(left, 0), max(top, 0)
     visible_width = min(right, frame_width) - visible_left
     visible_height = min(bottom, frame_height) - visible_top
-    filters = [f"crop={visible_width}:{visible_height}:{visible_left}:{visible_top}"]
+    filters = [f"scale={frame_width}:{frame_height}", "setsar=1"] if stretch else []
+    filters.append(f"crop={visible_width}:{visible_height}:{visible_left}:{visible_top}")
     if (visible_width, visible_height) != (window.side, window.side):
         filters.append(f"pad={window.side}:{window.side}:{visible_left - left}:{visible_top - top}:black")
     filters.append(f"scale={size}:{size}")
@@ -272,19 +280,26 @@ def crop_video(input_path, output_dir, detector, args):
     """Write one clip per face tube of a video; returns how many clips were written."""
     reader = VideoReader(input_path)
     fps = reader.fps
+    shown_size = display_size(reader)
+    if shown_size != reader.size:
+        note(f"{input_path} has non-square pixels ({reader.pixel_aspect:.4g}:1): cropping it as shown, "
+             f"{shown_size[1]}x{shown_size[0]}", args)
 
     # Pass 1: find the faces. The detector dominates the time; decoding runs in media's background thread.
+    # It looks at the frames as stored and its boxes are stretched to the display shape: the tubes link
+    # boxes by overlap (IoU), which stretching one axis does not change.
     detections = []
     num_frames = 0
     frames = progress_bar(reader.frames(), total=reader.num_frames or None, desc=f"faces in {input_path.name}",
                           unit="frame", disable=args.quiet, leave=False)
     for frame_index, frame in enumerate(frames):
         num_frames += 1
-        frame_size = frame.shape[:2]
         if frame_index % args.detect_every == 0:
-            detections.append((frame_index, detector.detect(frame)))
+            detections.append((frame_index, [as_shown_face(face, reader.size, shown_size)
+                                             for face in detector.detect(frame)]))
     if num_frames == 0:
         raise BadInput(f"{input_path} has no video frames")
+    frame_size = shown_size
 
     max_gap = max(args.detect_every, round(MAX_MISSING_SECONDS * fps))
     tubes = link_tubes(detections, args.iou, max_gap, follow_face=args.smooth)
@@ -302,12 +317,39 @@ def crop_video(input_path, output_dir, detector, args):
             output_path = output_dir / output_name(input_path, clip.number)
             print_ffmpeg(ffmpeg_command(input_path, output_path, clip.windows[0], frame_size, args.size,
                                         start=clip.first_frame / fps,
-                                        duration=(clip.last_frame - clip.first_frame + 1) / fps),
+                                        duration=(clip.last_frame - clip.first_frame + 1) / fps,
+                                        stretch=shown_size != reader.size),
                          output_dir, args)
         return len(clips)
 
     write_clips(input_path, output_dir, reader, clips, args)
     return len(clips)
+
+
+def display_size(reader):
+    """(height, width) of a video's frames as shown: with non-square pixels, one side is stretched (never
+    shrunk, so no detail is lost) until the pixels are square."""
+    height, width = reader.size
+    if abs(reader.pixel_aspect - 1) < 1e-3:
+        return reader.size
+    if reader.pixel_aspect > 1:
+        return height, round(width * reader.pixel_aspect)
+    return round(height / reader.pixel_aspect), width
+
+
+def as_shown_face(face, stored_size, shown_size):
+    """A face found in a stored frame, its box in the pixels of the frame as shown."""
+    if stored_size == shown_size:
+        return face
+    scale_x, scale_y = shown_size[1] / stored_size[1], shown_size[0] / stored_size[0]
+    left, top, right, bottom = face.box
+    return dataclasses.replace(face, box=(left * scale_x, top * scale_y, right * scale_x, bottom * scale_y))
+
+
+def as_shown(frames, shown_size):
+    """The frames resized to their display shape (they pass unchanged when their pixels are square)."""
+    for frame in frames:
+        yield frame if frame.shape[:2] == shown_size else to_uint8(resize(frame, shown_size))
 
 
 def write_clips(input_path, output_dir, reader, clips, args):
@@ -316,9 +358,9 @@ def write_clips(input_path, output_dir, reader, clips, args):
     first_needed = min(clip.first_frame for clip in clips)
     last_needed = max(clip.last_frame for clip in clips)
     open_writers = {}  # clip number -> VideoWriter, entered
-    frames = progress_bar(reader.frames(start=first_needed, stop=last_needed + 1),
-                          total=last_needed + 1 - first_needed, desc=f"clips of {input_path.name}", unit="frame",
-                          disable=args.quiet, leave=False)
+    frames = as_shown(reader.frames(start=first_needed, stop=last_needed + 1), display_size(reader))
+    frames = progress_bar(frames, total=last_needed + 1 - first_needed, desc=f"clips of {input_path.name}",
+                          unit="frame", disable=args.quiet, leave=False)
     try:
         for frame_index, frame in enumerate(frames, start=first_needed):
             for clip in clips:

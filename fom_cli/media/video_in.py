@@ -140,6 +140,9 @@ class VideoInfo:
     duration: Optional[float]  # seconds of video (num_frames / fps when known); None when unknown
     # Frames the container's header announces, when the file holds fewer (cut off): num_frames otherwise.
     announced_frames: Optional[int] = None
+    # How much wider than tall one pixel is shown (ffmpeg's SAR, "sample aspect ratio"): 1 for square
+    # pixels; carphone's 128:117 makes its 176x144 frames 192.6x144 on screen.
+    pixel_aspect: float = 1.0
 
 
 def probe(path) -> VideoInfo:
@@ -211,9 +214,12 @@ def _probe_with_ffmpeg(path) -> VideoInfo:
         raise BadInput(f"could not find the picture size of {path}; convert it to an ordinary mp4 and retry")
     width, height = int(size_match.group(1)), int(size_match.group(2))
     # ffmpeg turns phone videos filmed upright the right way round when decoding; report that size.
+    sar = re.search(r"\[SAR (\d+):(\d+) DAR", video_line)
+    pixel_aspect = int(sar.group(1)) / int(sar.group(2)) if sar and int(sar.group(1)) and int(sar.group(2)) else 1.0
     rotation = re.search(r"rotation of (-?[\d.]+) degrees", header)
     if rotation and round(abs(float(rotation.group(1)))) % 180 == 90:
         width, height = height, width
+        pixel_aspect = 1 / pixel_aspect
 
     fps = _parse_rate(video_line, "fps") or _parse_rate(video_line, "tbr") or DEFAULT_FPS
     fps = _exact_frame_rate(fps)
@@ -239,7 +245,8 @@ def _probe_with_ffmpeg(path) -> VideoInfo:
 
     has_audio = re.search(r"Stream #\S+.*: Audio:", header) is not None
     return VideoInfo(path=path, fps=fps, num_frames=num_frames, size=(height, width),
-                     has_audio=has_audio, duration=duration, announced_frames=announced_frames)
+                     has_audio=has_audio, duration=duration, announced_frames=announced_frames,
+                     pixel_aspect=pixel_aspect)
 
 
 def video_stream_line(header) -> Optional[str]:
@@ -286,7 +293,8 @@ def _count_video_packets(path) -> Tuple[Optional[int], bool]:
 class VideoReader:
     """Frames of a video file, an animated GIF or a directory of images, read lazily.
 
-    The attributes path, fps, size (height, width), num_frames, has_audio and duration come from probe().
+    The attributes path, fps, size (height, width), num_frames, has_audio, duration and pixel_aspect come
+    from probe().
     frames_decoded counts the frames the background decoder has produced in the latest frames() call.
     """
 
@@ -299,6 +307,7 @@ class VideoReader:
         self.has_audio = info.has_audio
         self.duration = info.duration
         self.announced_frames = info.announced_frames or info.num_frames
+        self.pixel_aspect = info.pixel_aspect
         self.frames_decoded = 0
         self._latest_range = (0, None)
 
