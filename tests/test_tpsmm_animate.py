@@ -191,3 +191,54 @@ def test_bench_compares_the_original_loop_with_the_tps_animator(capsys, one_torc
     assert report["pipeline_fps"] > 0 and report["straightforward_fps"] > 0 and report["speedup"] > 0
     # The source's side (its encoding, downsampling and heatmaps) is gone from the per-frame cost.
     assert report["pipeline_gflop_per_frame"] < report["gflop_per_frame"]
+
+
+# --- fom reconstruct with a TPSMM checkpoint --------------------------------------------------------------------
+
+def original_reconstruction_l1(kp_detector, model, video):
+    """The TPSMM original's reconstruction.py, frame by frame: frame 0 is the source, each frame's own
+    keypoints, the background predictor's motion between the source and the frame."""
+    frames = torch.tensor(video).permute(0, 3, 1, 2)
+    errors = []
+    with torch.no_grad():
+        source = frames[:1]
+        kp_source = kp_detector(source)
+        for t in range(len(frames)):
+            driving = frames[t:t + 1]
+            bg_param = None if model.bg_predictor is None else model.bg_predictor(source, driving)
+            motion = model.dense_motion_network(source, kp_detector(driving), kp_source, bg_param=bg_param)
+            errors.append(float((model.inpainting_network(source, motion)["prediction"] - driving).abs().mean()))
+    return float(np.mean(errors))
+
+
+def test_reconstruct_uses_the_background_predictor_as_the_original_does(tmp_path, capsys, networks):
+    from fom_cli.checkpoint import make_checkpoint, save_checkpoint
+    from fom_cli.models.tpsmm import BgMotionPredictor
+    from fom_cli.training.data import FramesDataset
+
+    assert run_cli(["synth", "--out", tmp_path / "faces", "--videos", 1, "--test-videos", 1, "--frames", 6,
+                    "--size", 64, "--quiet"]) == 0
+    config = load_config(SMALL_CONFIG)
+    config["model_params"]["common_params"]["bg"] = True
+    torch.manual_seed(0)
+    bg_predictor = BgMotionPredictor()
+    with torch.no_grad():   # a background motion that is not the identity: small random affine maps
+        bg_predictor.bg_encoder.fc.weight.normal_(0, 1e-3)
+    checkpoint = make_checkpoint(config, {**networks, "bg_predictor": bg_predictor}, epoch=0)
+    save_checkpoint(tmp_path / "tps.pth.tar", checkpoint)
+
+    code, _, err = run_cli(["reconstruct", "--checkpoint", tmp_path / "tps.pth.tar", "--data", tmp_path / "faces",
+                            "--out", tmp_path / "out", "--device", "cpu", "--batch-size", 3, "--quiet"], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["background_motion"] is True
+    # Read at the model's frame size, 128 px, as fom reconstruct reads them.
+    [item] = FramesDataset(tmp_path / "faces", frame_shape=(128, 128, 3), is_train=False)
+    video = item["video"].transpose(1, 2, 3, 0)
+    model = TpsModel(networks["inpainting_network"], networks["dense_motion_network"], networks["avd_network"],
+                     bg_predictor.eval())
+    expected = original_reconstruction_l1(networks["kp_detector"], model, video)
+    assert abs(metrics["l1"][item["name"]] - expected) < 1e-6
+    # Without the background motion the frames differ: the predictor was used.
+    model.bg_predictor = None
+    assert abs(original_reconstruction_l1(networks["kp_detector"], model, video) - expected) > 1e-5

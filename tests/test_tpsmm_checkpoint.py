@@ -90,3 +90,23 @@ def test_a_tpsmm_checkpoint_matching_no_bundled_config_names_the_closest(small_c
         infer_config(read_checkpoint(small_checkpoint), small_checkpoint)
     message = str(error.value)
     assert "TPSMM" in message and "closest: tpsmm-" in message and "--config" in message
+
+
+def test_export_keeps_the_networks_that_animate_and_the_config(small_checkpoint, tmp_path, capsys):
+    from conftest import run_cli
+    from fom_cli.animation import load_model
+    from fom_cli.animation_tpsmm import TpsModel
+
+    slim = tmp_path / "slim.pth"
+    code, _, err = run_cli(["export", small_checkpoint, "-o", slim, "--config", TPSMM_PARITY / "small.yaml"], capsys)
+    assert code == 0, err
+    assert "inpainting_network, dense_motion_network, kp_detector, avd_network" in err
+    exported, original = read_checkpoint(slim), read_checkpoint(small_checkpoint)
+    assert set(exported) == {"inpainting_network", "dense_motion_network", "kp_detector", "avd_network", "config",
+                             "fom", "epoch"}
+    for network in ("inpainting_network", "dense_motion_network", "kp_detector", "avd_network"):
+        assert all(torch.equal(exported[network][key], original[network][key]) for key in original[network])
+    # The config travels inside: no --config needed any more.
+    config, _, model, note = load_model(slim)
+    assert isinstance(model, TpsModel) and model.avd_network is not None
+    assert "config stored in slim.pth" in note and config["model_params"]["common_params"]["num_tps"] == 4

@@ -6,7 +6,9 @@ A training checkpoint carries the discriminator and three optimiser states besid
 that animate (about three times their size). The exported file keeps the generator and the keypoint
 detector under the original key names, the config that built them (so `fom animate` needs no
 --config) and fom's metadata, plus the training epoch. Original FOMM checkpoints export too: their
-config is inferred from the tensor shapes, as `fom animate` does.
+config is inferred from the tensor shapes, as `fom animate` does. A TPSMM checkpoint exports its
+inpainting, dense motion, keypoint and AVD networks (the background predictor, used in training only,
+stays behind).
 
 Given several checkpoints of one run, it averages their weights and BatchNorm statistics (stochastic
 weight averaging, Izmailov et al. 2018):
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 
 from fom_cli.checkpoint import infer_config, load_state, read_checkpoint, save_checkpoint, slim_checkpoint
-from fom_cli.config import config_name, load_config
+from fom_cli.config import config_family, config_name, load_config
 from fom_cli.errors import BadOutput
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.options import add_config, add_quiet
@@ -47,13 +49,13 @@ def run(args):
         raise BadOutput(f"cannot write {output}: the directory {output.parent} does not exist")
 
     # One checkpoint in memory at a time, plus the running sums: vox-256 training checkpoints are 0.7 GB each.
-    config, networks, last, sums = None, None, None, {"generator": {}, "kp_detector": {}}
+    config, networks, last, sums = None, None, None, None
     for path in args.checkpoints:
         last = read_checkpoint(resolve_checkpoint(path, args.quiet))
         if config is None:
             config = load_config(args.config) if args.config else infer_config(last, path)[0]
-            networks = {"kp_detector": build_keypoint_detector(config["model_params"]),
-                        "generator": build_generator(config["model_params"])}
+            networks = animation_networks(config, last)
+            sums = {network: {} for network in networks}
         # Loading into the networks checks that every tensor fits the config before anything is written.
         for network, module in networks.items():
             load_state(module, last[network], network, path)
@@ -61,14 +63,28 @@ def run(args):
 
     names = [Path(path).name for path in args.checkpoints]
     averaged = {network: averaged_weights(sums[network], last[network], len(names)) for network in sums}
-    slim = slim_checkpoint({**last, **averaged}, config, exported_from=names[0] if len(names) == 1 else names)
+    slim = slim_checkpoint({**last, **averaged}, config, tuple(networks),
+                           exported_from=names[0] if len(names) == 1 else names)
     save_checkpoint(output, slim)
     if not args.quiet:
         size = output.stat().st_size / 2 ** 20
         averaged = f", the average of {len(names)} checkpoints" if len(names) > 1 else ""
-        print(f"wrote {output} ({size:.1f} MiB: generator and keypoint detector{averaged}, config "
-              f"{config_name(config)})", file=sys.stderr)
+        kept = "generator and keypoint detector" if "generator" in networks else ", ".join(networks)
+        print(f"wrote {output} ({size:.1f} MiB: {kept}{averaged}, config {config_name(config)})", file=sys.stderr)
     return 0
+
+
+def animation_networks(config, checkpoint):
+    """{checkpoint key: network} of what animates: FOMM's generator and keypoint detector, or TPSMM's
+    inpainting, dense motion and keypoint networks and its AVD network where the checkpoint has one."""
+    if config_family(config) == "tpsmm":
+        from fom_cli.models.tpsmm import build_tpsmm_networks
+
+        networks = build_tpsmm_networks(config["model_params"])
+        return {name: network for name, network in networks.items()
+                if name != "bg_predictor" and (name != "avd_network" or name in checkpoint)}
+    return {"kp_detector": build_keypoint_detector(config["model_params"]),
+            "generator": build_generator(config["model_params"])}
 
 
 def add_weights(sums, state_dict):

@@ -6,7 +6,7 @@ appearance and motion separately, so A rendered with B's motion is exactly the r
 
 import numpy as np
 
-from fom_cli.animation import Animator
+from fom_cli.animation import animator_class
 from fom_cli.config import frame_size
 from fom_cli.errors import FomError
 from fom_cli.evaluation.reconstruction import l1_distance
@@ -42,7 +42,8 @@ def evaluate_pairs(kp_detector, generator, config, pairs, num_frames, seed, adap
     for index in progress_bar(range(pairs), desc="pairs", unit="pair", disable=quiet):
         driving, truth = synth_pair(seed, index, num_frames, height)
         driving, truth = driving.astype(np.float32) / 255, truth.astype(np.float32) / 255
-        animator = Animator(kp_detector, generator, truth[0], mode="relative", adapt_scale=adapt_scale)
+        animator = animator_class(generator)(kp_detector, generator, truth[0], mode="relative",
+                                             adapt_scale=adapt_scale)
         animator.set_initial_frame(driving[0])
         predictions = animator.animate_all(driving, batch_size=8)
         per_pair.append({"l1": l1_distance(predictions, truth),
