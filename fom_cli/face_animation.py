@@ -28,6 +28,7 @@ from fom_cli.animation import Animator, default_batch_size
 from fom_cli.compositing import cut, feathered_mask, paste_back, square_window
 from fom_cli.config import frame_size
 from fom_cli.errors import BadInput
+from fom_cli.face_tracks import DrivingFollower
 from fom_cli.faces import make_detector
 from fom_cli.media.images import fit_frame, read_image, resize, to_uint8
 from fom_cli.media.video_in import VideoReader, prefetch
@@ -146,7 +147,8 @@ def animate_faces(model, source_path, driving_path, output, args):
     reader = VideoReader(driving_path)
     first, stop = frame_range(reader, args.start, args.duration)
     detector = make_detector(settings.detector, weights=settings.detector_weights, device=args.device)
-    compositing, driving_crop = Timer(), Timer()
+    compositing = Timer()
+    follower = None
 
     image = read_image(source_path)
     if settings.crop_source:
@@ -157,14 +159,11 @@ def animate_faces(model, source_path, driving_path, output, args):
         faces = [SourceFace(window=None, square=fit_frame(image, (size, size), args.fit))]
 
     if settings.crop_driving:
-        from fom_cli.face_tracks import DrivingFollower
-
         follower = DrivingFollower(reader, detector, settings.increase, size)
         follower.find_face(first, stop)  # a driving video without a face stops here, before anything is written
 
         def driving_frames(start, end):
             return (crop for crop, _window in follower.crops(start, end))
-        driving_crop = follower.timer
     else:
         def driving_frames(start, end):
             return (fit_frame(frame, (size, size), args.fit) for frame in reader.frames(start, end))
@@ -216,7 +215,8 @@ def animate_faces(model, source_path, driving_path, output, args):
     shortfall = reader.shortfall()
     if shortfall:
         print(f"fom: warning: {shortfall}; {output} has {reader.frames_decoded} frames", file=sys.stderr)
-    args.face_seconds = {"compositing": compositing.seconds, "driving_crop": driving_crop.seconds}
+    args.face_seconds = {"compositing": compositing.seconds,
+                         "driving_crop": follower.seconds if follower is not None else 0.0}
     return output
 
 

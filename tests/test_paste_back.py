@@ -167,3 +167,114 @@ def test_all_faces_needs_paste_back(scenes, tmp_path, capsys):
     code, _, err = run_cli(["animate", scenes / "two.png", DRIVING_DIR, "-o", tmp_path / "out.mp4", *MODEL,
                             "--all-faces"], capsys)
     assert code == 2 and "--paste-back" in err and len(err.strip().splitlines()) == 1
+
+
+# --- the driving face, followed as a stream -------------------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from fom_cli import faces  # noqa: E402
+from fom_cli.face_tracks import DrivingFollower, gaussian_smooth  # noqa: E402
+from fom_cli.media.video_in import VideoReader  # noqa: E402
+
+CANVAS_WIDTH = 320  # the carphone clip (176x144) slides across a frame this wide
+CLIP_FRAMES = 60
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return faces.make_detector("dlib")
+
+
+@pytest.fixture(scope="module")
+def moving_face(tmp_path_factory, detector):
+    """The carphone talking head sliding left to right across a wider frame: (clip path, true face centre
+    of every frame), the centre from the detector on the unshifted frame plus the shift."""
+    carphone = [frame for _, frame in zip(range(CLIP_FRAMES), VideoReader(carphone_path()).frames())]
+    height, width = carphone[0].shape[:2]
+    frames, centres = [], []
+    for index, frame in enumerate(carphone):
+        shift = round(index * (CANVAS_WIDTH - width) / (CLIP_FRAMES - 1))
+        canvas = np.full((height, CANVAS_WIDTH, 3), 40, dtype=np.uint8)
+        canvas[:, shift:shift + width] = frame
+        frames.append(canvas)
+        found = detector.detect(frame)
+        if found:
+            box = found[0].box
+            centres.append(((box[0] + box[2]) / 2 + shift, (box[1] + box[3]) / 2))
+        else:
+            centres.append(None)
+    path = make_clip(tmp_path_factory.mktemp("moving") / "moving.mp4", np.stack(frames), fps=30, tone=False)
+    return path, centres
+
+
+def test_streamed_smoothing_equals_smoothing_the_whole_track():
+    reader = SimpleNamespace(fps=25.0)
+    follower = DrivingFollower(reader, detector=None, increase=0.1, size=64)
+    rng = np.random.default_rng(0)
+    boxes = [tuple(rng.uniform(0, 100, 2)) + (0.0, 0.0) for _ in range(50)]
+    boxes = [(x, y, x + 20 + i % 3, y + 20) for i, (x, y, _, _) in enumerate(boxes)]
+    streamed = [track for _frame, track in follower.smoothed((i, box) for i, box in enumerate(boxes))]
+    whole = np.array([((l + r) / 2, (t + b) / 2, max(r - l, b - t)) for l, t, r, b in boxes])
+    radius = follower.radius  # 3 sigma: 15 frames at 25 fps
+    assert radius == 15
+    assert np.allclose(streamed[radius:-radius], gaussian_smooth(whole, 0.2 * 25.0)[radius:-radius])
+    # At the ends the Gaussian is cut to equal reach on both sides: the first and last frames unsmoothed.
+    assert np.allclose(streamed[0], whole[0]) and np.allclose(streamed[-1], whole[-1])
+    # A steady motion is followed exactly, also at the ends (no lag toward where the face was).
+    steady = [(i, (3.0 * i, 10.0, 3.0 * i + 40, 50.0)) for i in range(40)]
+    followed = np.array([track for _frame, track in follower.smoothed(steady)])
+    assert np.allclose(followed[:, 0], 3.0 * np.arange(40) + 20)
+    # ...and the frames come out in order, each with its own track.
+    assert [frame for frame, _ in follower.smoothed((i, box) for i, box in enumerate(boxes))] == list(range(50))
+
+
+def test_the_driving_window_follows_the_moving_face(moving_face, detector):
+    path, centres = moving_face
+    follower = DrivingFollower(VideoReader(path), detector, increase=0.1, size=128)
+    windows = [window for _square, window in follower.crops()]
+    assert len(windows) == CLIP_FRAMES
+    checked = 0
+    for window, centre in zip(windows, centres):
+        if centre is None:
+            continue
+        window_centre = (window.left + window.side / 2, window.top + window.side / 2)
+        assert np.hypot(window_centre[0] - centre[0], window_centre[1] - centre[1]) <= 0.1 * window.side
+        checked += 1
+    assert checked > 0.8 * CLIP_FRAMES
+    assert windows[-1].left - windows[0].left > 100  # it did travel with the face
+
+
+def test_face_preset_end_to_end(scenes, moving_face, tmp_path, capsys):
+    path, _ = moving_face
+    code, _, err = run_cli(["animate", scenes / "one.png", path, "-o", tmp_path / "out/", *MODEL, "--face",
+                            "--duration", "0.5"], capsys)
+    assert code == 0, err
+    photo = iio.imread(scenes / "one.png")
+    frames = read_frames(tmp_path / "out")
+    assert frames.shape == (15,) + photo.shape
+    top, left = ASTRONAUT_AT
+    box = changed_box(frames, photo)
+    assert box is not None and left + 100 < box[0] and box[2] < left + 350 and top < box[1] and box[3] < top + 250
+
+
+def test_side_by_side_shows_the_driving_crop(moving_face, scenes, tmp_path, capsys, detector):
+    path, _ = moving_face
+    code, _, err = run_cli(["animate", scenes / "one.png", path, "-o", tmp_path / "out/", *MODEL,
+                            "--crop-driving", "--crop-source", "--side-by-side", "--duration", "0.2"], capsys)
+    assert code == 0, err
+    frames = read_frames(tmp_path / "out")
+    assert frames.shape[1:] == (128, 3 * 128, 3)
+    # The middle panel is the driving square the model saw: the face, in its middle.
+    found = detector.detect(frames[-1][:, 128:256])
+    assert found and abs((found[0].box[0] + found[0].box[2]) / 2 - 64) < 20
+
+
+def test_a_driving_video_without_a_face_is_one_line_and_writes_nothing(scenes, tmp_path, capsys):
+    coffee = iio.imread(scenes / "coffee.png")[:256, :320]
+    driving = make_clip(tmp_path / "coffee.mp4", np.stack([coffee] * 6), fps=12, tone=False)
+    code, _, err = run_cli(["animate", scenes / "one.png", driving, "-o", tmp_path / "out.mp4", *MODEL, "--face"],
+                           capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("fom: error: no face found in the driving"), err
+    assert not (tmp_path / "out.mp4").exists()
