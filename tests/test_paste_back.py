@@ -278,3 +278,20 @@ def test_a_driving_video_without_a_face_is_one_line_and_writes_nothing(scenes, t
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("fom: error: no face found in the driving"), err
     assert not (tmp_path / "out.mp4").exists()
+
+
+# --- fom batch columns ----------------------------------------------------------------------------------
+
+def test_batch_columns_turn_face_options_on_per_job(scenes, tmp_path, capsys):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"source,driving,output,paste_back,max_size\n"
+                    f"{scenes / 'one.png'},{DRIVING_DIR},pasted/,true,450\n"
+                    f"{scenes / 'one.png'},{DRIVING_DIR},plain/,,\n")
+    code, _, err = run_cli(["batch", jobs, *MODEL], capsys)
+    assert code == 0, err
+    pasted, plain = read_frames(tmp_path / "pasted"), read_frames(tmp_path / "plain")
+    assert pasted.shape == (8, 320, 450, 3)  # the photo, bounded by the job's max_size
+    assert plain.shape == (8, 128, 128, 3)  # the whole photo fitted to the model's frame, as before
+    photo = bounded_photo(iio.imread(scenes / "one.png"), 450)
+    changed = (pasted != photo[None]).any(axis=(0, 3))
+    assert changed.any() and changed.mean() < 0.1
