@@ -147,7 +147,7 @@ def animate_faces(model, source_path, driving_path, output, args):
     reader = VideoReader(driving_path)
     first, stop = frame_range(reader, args.start, args.duration)
     detector = make_detector(settings.detector, weights=settings.detector_weights, device=args.device)
-    compositing = Timer()
+    compositing, networks = Timer(), Timer()
     follower = None
 
     image = read_image(source_path)
@@ -198,7 +198,8 @@ def animate_faces(model, source_path, driving_path, output, args):
                          disable=args.quiet) as progress:
         for batch in batched(frames, batch_size):
             driving = np.stack(batch)
-            predictions = [face.animator.animate(driving) for face in faces]
+            with networks:
+                predictions = [face.animator.animate(driving) for face in faces]
             for i in range(len(batch)):
                 with compositing:
                     frame = None
@@ -215,7 +216,7 @@ def animate_faces(model, source_path, driving_path, output, args):
     shortfall = reader.shortfall()
     if shortfall:
         print(f"fom: warning: {shortfall}; {output} has {reader.frames_decoded} frames", file=sys.stderr)
-    args.face_seconds = {"compositing": compositing.seconds,
+    args.face_seconds = {"compositing": compositing.seconds, "networks": networks.seconds,
                          "driving_crop": follower.seconds if follower is not None else 0.0}
     return output
 
