@@ -54,3 +54,50 @@ def cut(frame, window, size):
         square[max(-top, 0):max(-top, 0) + visible.shape[0], max(-left, 0):max(-left, 0) + visible.shape[1]] = visible
         visible = square
     return to_uint8(resize(visible, (size, size)))
+
+
+# --- paste-back: animated squares back into the photo -------------------------------------------------
+
+# The outer share of a window's side over which a pasted face fades into the photo. FOMM's frames move
+# the background near the crop's border a little too, and a wide fade hides that seam; the face itself
+# sits in the middle of the window (square_window's margin), where the mask is 1.
+FEATHER = 0.15
+
+
+def feathered_mask(side, feather=FEATHER):
+    """(side, side) float32 blending weights: 1 in the middle, falling smoothly to 0 at the border.
+
+    Each axis ramps with a smoothstep over the outer `feather` of the side, measured from the pixel
+    centres, and the mask is the product of the two ramps (so the corners round off). The outermost ring
+    of pixels is exactly 0: a pasted window shows no hard edge, however its content differs from the photo.
+    """
+    ramp_width = max(1.0, feather * side)
+    # Distance of each pixel centre from the nearer edge, 0 for the outermost pixels.
+    distance = np.minimum(np.arange(side), np.arange(side)[::-1]).astype(np.float64)
+    t = np.clip(distance / ramp_width, 0.0, 1.0)
+    ramp = t * t * (3 - 2 * t)  # smoothstep: flat at both ends, so no kink where the fade begins
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def paste_back(photo, face, window, mask, out=None):
+    """The photo with `face` (an animated square, any size) resized into `window` and blended by `mask`.
+
+    photo: HxWx3 uint8; mask: (window.side, window.side) weights from feathered_mask. Where the window
+    reaches past the photo only its visible part is pasted. Pixels outside the window are the photo's,
+    exactly (they are copied, never recomputed). `out`: an array to write the result into (the photo
+    itself to paste several faces one after the other); default a new copy.
+    """
+    if out is None:
+        out = photo.copy()
+    height, width = photo.shape[:2]
+    left, top, right, bottom = window.box
+    visible = (slice(max(top, 0), min(bottom, height)), slice(max(left, 0), min(right, width)))
+    inside = (slice(visible[0].start - top, visible[0].stop - top),
+              slice(visible[1].start - left, visible[1].stop - left))
+    if visible[0].start >= visible[0].stop or visible[1].start >= visible[1].stop:
+        return out  # the window lies wholly outside the photo
+    square = resize(face, (window.side, window.side))[inside]
+    weight = mask[inside][..., None]
+    below = out[visible].astype(np.float32) / 255
+    out[visible] = to_uint8(below + weight * (square - below))
+    return out

@@ -1,11 +1,14 @@
 """Faces followed through a video: per-frame detections linked into tubes, and the crop clip of a tube
 (one fixed window over the tube, or a window that follows the face, smoothed over time)."""
 
+import itertools
+import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-from fom_cli.compositing import square_window
+from fom_cli.compositing import cut, square_window
 from fom_cli.faces import iou, union_box
 
 # A detector misses a face now and then (a blink, a turn, motion blur). A tube survives this long without
@@ -129,3 +132,150 @@ def clip_for_tube(number, tube, last_frame, frame_size, increase, smooth, fps):
                    for x, y, size in track]
     return Clip(number=number, first_frame=tube.first_frame, last_frame=last_frame, windows=windows,
                 face_box=face_box)
+
+
+# --- the driving face of `fom animate --crop-driving`, followed as a stream -------------------------------
+
+# The follower detects this often (per second of video) and interpolates between: the window is smoothed
+# over SMOOTH_SECONDS anyway, so more detections would cost time and change nothing visible.
+DETECTIONS_PER_SECOND = 10
+
+# The detector's working copy of a driving frame is at most this long: a phone video's face is large, and
+# detection must stay a small share of the animation's time. (Small videos are still enlarged for dlib.)
+DRIVING_MAX_SIDE = 640
+
+
+class DrivingFollower:
+    """The face of a driving video followed through it as a stream, and its square cut out of each frame.
+
+    The face is detected every few frames (DETECTIONS_PER_SECOND) on a downscaled copy; between detections
+    its box is interpolated, and where the detector misses it the last box is carried. The window's centre
+    and size are smoothed with the same Gaussian as `fom crop --smooth` (SMOOTH_SECONDS), computed as a
+    stream: each frame waits only for the 3 sigma of frames after it, so the look-ahead, and memory, is
+    bounded (about 0.6 s of frames) whatever the video's length. The face followed is the most prominent
+    one at the start; it is kept by nearness from detection to detection, and given up for the most
+    prominent face only after it has been missing for MAX_MISSING_SECONDS.
+    """
+
+    def __init__(self, reader, detector, increase, size, detect_every=None):
+        self.reader = reader
+        self.detector = detector
+        self.increase = increase
+        self.size = size
+        fps = reader.fps
+        self.detect_every = detect_every or max(1, round(fps / DETECTIONS_PER_SECOND))
+        self.max_missing = max(self.detect_every, round(MAX_MISSING_SECONDS * fps))
+        sigma = SMOOTH_SECONDS * fps
+        self.radius = int(3 * sigma + 0.5)
+        offsets = np.arange(-self.radius, self.radius + 1)
+        weights = np.exp(-0.5 * (offsets / sigma) ** 2) if sigma > 0 else (offsets == 0).astype(float)
+        self.weights = weights / weights.sum()
+        self.first_box = None
+        self.seconds = 0.0  # time spent detecting, smoothing and cutting (fom bench reads it)
+
+    def detect(self, frame):
+        return self.detector.detect(frame, max_side=DRIVING_MAX_SIDE)
+
+    def find_face(self, start=0, stop=None):
+        """Find the face to follow: the most prominent in the first detection that sees one. BadInput when
+        no frame from start to stop shows a face (so nothing is animated or written)."""
+        from fom_cli.errors import BadInput
+
+        for offset, frame in enumerate(self.reader.frames(start, stop)):
+            if offset % self.detect_every == 0:
+                started = time.perf_counter()
+                found = self.detect(frame)
+                self.seconds += time.perf_counter() - started
+                if found:
+                    self.first_box = found[0].box
+                    return self.first_box
+        raise BadInput(f"no face found in the driving video {self.reader.path}; animate it without "
+                       f"--crop-driving/--face, or give a video showing a face")
+
+    def crops(self, start=0, stop=None):
+        """(square, window) for every frame from start to stop: the model-size float32 square of the
+        followed face, and its Window in the frame."""
+        if self.first_box is None:
+            self.find_face(start, stop)
+        for frame, (x, y, side) in self.smoothed(self.boxes(self.reader.frames(start, stop))):
+            started = time.perf_counter()
+            height, width = frame.shape[:2]
+            window = square_window((x - side / 2, y - side / 2, x + side / 2, y + side / 2), self.increase,
+                                   height, width)
+            square = cut(frame, window, self.size).astype(np.float32) / 255
+            self.seconds += time.perf_counter() - started
+            yield square, window
+
+    def boxes(self, frames):
+        """(frame, box) for every frame: detected every detect_every frames, interpolated between, the last
+        box carried over misses and past the last detection."""
+        box, missing = self.first_box, 0
+        waiting = []  # frames since the latest detection, waiting for the next one to interpolate their boxes
+        for index, frame in enumerate(frames):
+            if index % self.detect_every:
+                waiting.append(frame)
+                continue
+            started = time.perf_counter()
+            found = self.follow(self.detect(frame), box, missing)
+            self.seconds += time.perf_counter() - started
+            missing = 0 if found is not None else missing + self.detect_every
+            new_box = found if found is not None else box
+            for k, between in enumerate(waiting, start=1):
+                t = k / (len(waiting) + 1)
+                yield between, tuple((1 - t) * a + t * b for a, b in zip(box, new_box))
+            waiting = []
+            box = new_box
+            yield frame, box
+        for between in waiting:
+            yield between, box
+
+    def follow(self, found, box, missing):
+        """The box of the followed face among the faces found, or None for a miss."""
+        if not found:
+            return None
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        reach = max(box[2] - box[0], box[3] - box[1])  # no face moves farther than its size between detections
+
+        def distance(face):
+            return np.hypot((face.box[0] + face.box[2]) / 2 - centre[0], (face.box[1] + face.box[3]) / 2 - centre[1])
+
+        nearest = min(found, key=distance)
+        if distance(nearest) <= reach:
+            return nearest.box
+        if missing >= self.max_missing:  # the followed face is gone: take the most prominent one there is
+            return found[0].box
+        return None
+
+    def smoothed(self, boxed):
+        """(frame, (centre x, centre y, size)) with the track smoothed by the Gaussian of gaussian_smooth,
+        holding only the `radius` frames after each one.
+
+        Near the ends, where fewer than `radius` frames lie on one side, the Gaussian is cut to the same
+        reach on both sides (none at the very first and last frame) rather than repeating the end value as
+        gaussian_smooth does: a face moving at the start or end is then followed where it is, not held back
+        toward where it was.
+        """
+        radius = self.radius
+        past = deque(maxlen=radius)  # the track of the latest frames handed out
+        ahead = deque()  # (frame, track) not handed out yet: the current one and up to radius after it
+
+        def hand_out():
+            started = time.perf_counter()
+            frame, value = ahead.popleft()
+            reach = min(radius, len(past), len(ahead))
+            after = [track for _frame, track in itertools.islice(ahead, reach)]
+            before = list(past)[len(past) - reach:]
+            weights = self.weights[radius - reach:radius + reach + 1]
+            smooth = np.tensordot(weights / weights.sum(), np.array(before + [value] + after), axes=1)
+            past.append(value)
+            self.seconds += time.perf_counter() - started
+            return frame, tuple(smooth)
+
+        for frame, box in boxed:
+            # Centre and size rather than sides, as clip_for_tube: the window stays square.
+            ahead.append((frame, np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2,
+                                           max(box[2] - box[0], box[3] - box[1])])))
+            if len(ahead) > radius:
+                yield hand_out()
+        while ahead:
+            yield hand_out()

@@ -152,3 +152,32 @@ def add_animation_options(parser):
                      help="torch.compile the networks (pays off on GPUs for long or many videos: the first batch "
                           "waits for compilation); falls back to plain PyTorch with a warning where it fails")
     add_quiet(run)
+    add_face_options(parser)
+
+
+def add_face_options(parser):
+    """Face cropping and paste-back for `fom animate` and `fom batch` (fom_cli/face_animation.py)."""
+    faces = parser.add_argument_group("faces in larger photos and videos")
+    faces.add_argument("--face", action="store_true",
+                       help="the preset for real photos and phone videos: --crop-source --crop-driving --paste-back")
+    faces.add_argument("--crop-source", action="store_true",
+                       help="find the face in the source photo and animate that square (the model needs a face "
+                            "filling its frame)")
+    faces.add_argument("--all-faces", action="store_true",
+                       help="animate every face in the photo with the same driving motion (with --paste-back)")
+    faces.add_argument("--crop-driving", action="store_true",
+                       help="follow the face in the driving video with a window smoothed over time and feed the "
+                            "model that square")
+    faces.add_argument("--paste-back", action="store_true",
+                       help="put every animated face back into the photo (feathered edges): the output has the "
+                            "photo's size and, outside the faces, its exact pixels; implies --crop-source")
+    faces.add_argument("--max-size", type=positive_int, default=None, metavar="N",
+                       help="with --paste-back: shrink the photo so its longer side is at most N pixels "
+                            "(default 1920); H.264 outputs of odd size get one edge row/column repeated")
+    faces.add_argument("--increase", type=non_negative_float, default=0.1,
+                       help="margin around each face box, as a fraction of its size, as in `fom crop` "
+                            "(default: 0.1)")
+    faces.add_argument("--detector", choices=("dlib", "sfd", "auto"), default="dlib",
+                       help="face detector, as in `fom crop`: dlib (default, offline), sfd (S3FD, needs its "
+                            "weights cached), auto")
+    faces.add_argument("--detector-weights", metavar="PATH", help="S3FD weights file for --detector sfd/auto")

@@ -165,6 +165,10 @@ def side_by_side(source, driving, prediction, keypoints):
 
 
 def animate_pair(model, source_path, driving_path, output, args):
+    from fom_cli.face_animation import animate_faces, uses_faces  # imports pipeline's helpers in turn
+
+    if uses_faces(args):
+        return animate_faces(model, source_path, driving_path, output, args)
     config, kp_detector, generator = model
     size = frame_size(config)
     reader = VideoReader(driving_path)

@@ -4,7 +4,8 @@
 
 JOBS.csv has a header with the columns source, driving, output and, optionally, per-job options:
 mode, adapt_scale, best_frame, find_best_frame, fit, fps, no_audio, side_by_side, start, duration (an empty cell takes
-the command-line value). Relative paths are relative to the jobs file's folder.
+the command-line value), and for faces in larger photos and videos face, crop_source, crop_driving, paste_back,
+all_faces, max_size. Relative paths are relative to the jobs file's folder.
 
 A failed job prints one error line and the batch goes on (--fail-fast stops instead); a last line counts
 the jobs done, failed and skipped. Exit code: 0 when every job succeeded, 1 when some failed, 2 for a bad
@@ -23,8 +24,8 @@ import traceback
 from pathlib import Path
 
 from fom_cli.errors import FomError, first_line, is_out_of_memory, os_error_message, out_of_memory_message
-from fom_cli.options import ANIMATION_MODES, add_animation_options, frame_rate, non_negative_float, non_negative_int, \
-    positive_float
+from fom_cli.options import (ANIMATION_MODES, add_animation_options, frame_rate, non_negative_float, non_negative_int,
+                             positive_float, positive_int)
 from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
@@ -52,6 +53,8 @@ JOB_OPTIONS = {
     "mode": choice(*ANIMATION_MODES), "adapt_scale": boolean, "best_frame": non_negative_int,
     "find_best_frame": boolean, "fit": choice("crop", "pad", "stretch"), "fps": frame_rate,
     "no_audio": boolean, "side_by_side": boolean, "start": non_negative_float, "duration": positive_float,
+    "face": boolean, "crop_source": boolean, "crop_driving": boolean, "paste_back": boolean, "all_faces": boolean,
+    "max_size": positive_int,
 }
 
 

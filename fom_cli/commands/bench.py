@@ -54,6 +54,12 @@ def configure_parser(parser):
     parser.add_argument("--repeats", type=positive_int, default=3,
                         help="timed runs of each path, taking turns; the fastest counts (default 3)")
     parser.add_argument("--video", help="time the whole `fom animate` path on this driving video instead")
+    parser.add_argument("--paste-back", action="store_true",
+                        help="with --video: animate as `fom animate --face` (driving face followed, faces pasted "
+                             "back) and report the share of that face work in the networks' time")
+    parser.add_argument("--source", metavar="PHOTO",
+                        help="with --video: the source image (default: a synthetic frame; --paste-back needs a "
+                             "photo with a face)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_quiet(parser, "no progress bar (with --video)")
@@ -347,20 +353,35 @@ def bench_video(args, config, device):
         compile_networks(kp_detector, generator)
     size = frame_size(config)
     source = synthetic_frames(1, size, args.seed)[0]
+    if args.paste_back and not args.source:
+        raise FomError("--paste-back needs --source PHOTO: a photo with a face to paste the animation back into")
     with tempfile.TemporaryDirectory() as folder:
-        source_path = Path(folder) / "source.png"
-        write_image(source_path, source)
+        source_path = Path(args.source) if args.source else Path(folder) / "source.png"
+        if not args.source:
+            write_image(source_path, source)
         options = argparse.Namespace(mode="relative", adapt_scale=True, best_frame=None, find_best_frame=False,
                                      fit="crop", start=0.0, duration=None, fps=None, no_audio=False,
                                      side_by_side=False, quiet=args.quiet,
-                                     batch_size=args.batch_size, precision=args.precision)
+                                     batch_size=args.batch_size, precision=args.precision,
+                                     face=args.paste_back, device=str(device))
         output = Path(folder) / "out.mp4"
         start = time.perf_counter()
         animate_pair((config, kp_detector, generator), source_path, Path(args.video), output, options)
         seconds = time.perf_counter() - start
         frames = probe(output).num_frames
-    return {"config": config["_name"], "device": str(device), "video": args.video, "frames": frames,
-            "seconds": seconds, "fps": frames / seconds, "peak_rss_mib": peak_rss_mib()}
+        size = probe(output).size
+    report = {"config": config["_name"], "device": str(device), "video": args.video, "frames": frames,
+              "seconds": seconds, "fps": frames / seconds, "peak_rss_mib": peak_rss_mib()}
+    if args.paste_back:
+        # The face work per frame against the networks' per frame: following and cutting the driving face
+        # (a background thread, overlapping the networks) and pasting back (on the main thread).
+        spent = options.face_seconds
+        report.update({"output_size": f"{size[1]}x{size[0]}",
+                       "networks_ms_per_frame": 1000 * spent["networks"] / frames,
+                       "driving_crop_ms_per_frame": 1000 * spent["driving_crop"] / frames,
+                       "compositing_ms_per_frame": 1000 * spent["compositing"] / frames,
+                       "face_work_share": (spent["driving_crop"] + spent["compositing"]) / spent["networks"]})
+    return report
 
 
 def run(args):

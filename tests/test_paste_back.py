@@ -1,0 +1,297 @@
+"""Animating faces inside a larger photo: feathered masks, paste-back, the streamed driving-face
+follower, and `fom animate --crop-source/--crop-driving/--paste-back/--face` on real photos and video."""
+
+import numpy as np
+from skimage import data
+
+from fom_cli.compositing import Window, feathered_mask, paste_back
+
+
+# --- masks and paste-back (pure functions) ------------------------------------------------------------
+
+def test_feathered_mask_fades_to_zero_at_the_border_without_a_step():
+    side = 200
+    mask = feathered_mask(side, feather=0.15)
+    assert mask.shape == (side, side)
+    assert mask[side // 2, side // 2] == 1.0
+    # The outermost ring is 0: the window's edge cannot show.
+    assert (mask[0] == 0).all() and (mask[-1] == 0).all() and (mask[:, 0] == 0).all() and (mask[:, -1] == 0).all()
+    # No hard edge anywhere: neighbours differ by little more than an even ramp over 30 px would.
+    largest_step = max(np.abs(np.diff(mask, axis=0)).max(), np.abs(np.diff(mask, axis=1)).max())
+    assert largest_step < 1.5 / (0.15 * side)
+    # The ramp rises monotonically from the border to the middle.
+    row = mask[side // 2, : side // 2]
+    assert (np.diff(row) >= 0).all()
+
+
+def test_paste_back_changes_only_the_window():
+    photo = data.astronaut()  # 512x512
+    face = np.zeros((64, 64, 3), dtype=np.float32)
+    face[..., 1] = 1.0  # pure green: everything it touches changes
+    window = Window(left=150, top=40, side=140)
+    result = paste_back(photo, face, window, feathered_mask(window.side))
+    outside = np.ones(photo.shape[:2], dtype=bool)
+    outside[40:180, 150:290] = False
+    assert (result[outside] == photo[outside]).all()
+    assert result.dtype == np.uint8 and result.shape == photo.shape
+    assert (result[110, 220] == (0, 255, 0)).all()  # the middle is the pasted face
+    assert (photo == data.astronaut()).all(), "the photo itself is left alone"
+
+
+def test_paste_back_clips_a_window_reaching_past_the_photo():
+    photo = np.full((100, 120, 3), 90, dtype=np.uint8)
+    face = np.ones((32, 32, 3), dtype=np.float32)
+    window = Window(left=80, top=-30, side=80)  # reaches past the right and top edges
+    result = paste_back(photo, face, window, feathered_mask(window.side))
+    assert result.shape == photo.shape
+    assert (result[50:] == 90).all() and (result[:, :80] == 90).all()
+    assert result[10, 118, 0] > 90  # the visible part of the window holds the face
+
+
+# --- fom animate with face cropping, on real photos, with the fixture model --------------------------
+
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import imageio.v3 as iio  # noqa: E402
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
+
+from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, carphone_path, make_clip, run_cli  # noqa: E402
+from fom_cli.face_animation import bounded_photo  # noqa: E402
+
+GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+DRIVING_DIR = PARITY / "small-driving"  # 8 frames, 128x128
+MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--quiet"]
+
+# Where the photos sit in the scenes below, and their faces (dlib's boxes in the photos, from test_crop).
+ASTRONAUT_AT = (60, 300)  # top, left in the one-face scene
+ASTRONAUT_FACE = (175, 66, 272, 170)
+
+
+def background(height, width):
+    """A textured background (a smooth gradient with a pattern): no face, and every pixel distinct enough
+    that a stray paste would show."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 255 // width), (y * 255 // height), ((x // 16 + y // 16) % 2) * 120 + 60],
+                    axis=-1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("scenes")
+    one = background(640, 900)
+    top, left = ASTRONAUT_AT
+    one[top:top + 512, left:left + 512] = data.astronaut()
+    iio.imwrite(directory / "one.png", one)
+    two = background(620, 1140)
+    two[10:610, 10:522] = iio.imread(GRACE_HOPPER)
+    two[54:566, 590:1102] = data.astronaut()
+    iio.imwrite(directory / "two.png", two)
+    iio.imwrite(directory / "coffee.png", data.coffee())
+    return directory
+
+
+def read_frames(directory):
+    paths = sorted(Path(directory).glob("*.png"))
+    return np.stack([iio.imread(path) for path in paths])
+
+
+def changed_box(frames, photo):
+    """(left, top, right, bottom) of the pixels that differ from the photo in any frame, or None."""
+    changed = (frames != photo[None]).any(axis=(0, 3))
+    rows, columns = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
+    if len(rows) == 0:
+        return None
+    return columns[0], rows[0], columns[-1] + 1, rows[-1] + 1
+
+
+def test_paste_back_keeps_the_photo_and_animates_the_face(scenes, tmp_path, capsys):
+    code, _, err = run_cli(["animate", scenes / "one.png", DRIVING_DIR, "-o", tmp_path / "out/", *MODEL,
+                            "--paste-back"], capsys)
+    assert code == 0, err
+    photo = iio.imread(scenes / "one.png")
+    frames = read_frames(tmp_path / "out")
+    assert frames.shape == (8,) + photo.shape  # the photo's size, not the model's 128x128
+    # Everything that changed lies in the window around the astronaut's face (its box grown by --increase's
+    # 10% a side, and a pixel of rounding); every other pixel is the photo's own, in every frame.
+    top, left = ASTRONAUT_AT
+    face_left, face_top, face_right, face_bottom = ASTRONAUT_FACE
+    margin = 0.1 * max(face_right - face_left, face_bottom - face_top) + 2
+    box = changed_box(frames, photo)
+    assert box is not None
+    assert box[0] >= left + face_left - margin and box[2] <= left + face_right + margin
+    assert box[1] >= top + face_top - margin and box[3] <= top + face_bottom + margin
+    # ...and covers most of that window: the face itself was animated.
+    assert box[2] - box[0] > 0.8 * (face_right - face_left)
+    # Inside the window the face changes over time.
+    inside = frames[:, box[1]:box[3], box[0]:box[2]].astype(np.float32)
+    assert np.abs(inside[1:] - inside[:1]).mean(axis=(1, 2, 3)).max() > 1.0
+
+
+def test_all_faces_animates_both_and_max_size_bounds_the_output(scenes, tmp_path, capsys):
+    code, _, err = run_cli(["animate", scenes / "two.png", DRIVING_DIR, "-o", tmp_path / "out/", *MODEL,
+                            "--paste-back", "--all-faces", "--max-size", "570"], capsys)
+    assert code == 0, err
+    photo = bounded_photo(iio.imread(scenes / "two.png"), 570)
+    assert photo.shape == (310, 570, 3)
+    frames = read_frames(tmp_path / "out")
+    assert frames.shape == (8, 310, 570, 3)
+    changed = (frames != photo[None]).any(axis=(0, 3))
+    # Two separate patches of change, one on each face; the strip between the photos and the borders kept.
+    assert changed[:, :255].any() and changed[:, 300:].any()
+    assert not changed[:, 258:298].any()
+    assert not changed[:, :4].any() and not changed[:, -4:].any() and not changed[-4:].any()
+    for half in (changed[:, :258], changed[:, 298:]):
+        assert 0.01 < half.mean() < 0.25  # a face's window, not the whole photo
+
+
+def test_crop_source_alone_animates_the_square_of_the_face(scenes, tmp_path, capsys):
+    code, _, err = run_cli(["animate", scenes / "one.png", DRIVING_DIR, "-o", tmp_path / "out/", *MODEL,
+                            "--crop-source", "--side-by-side"], capsys)
+    assert code == 0, err
+    frames = read_frames(tmp_path / "out")
+    assert frames.shape == (8, 128, 3 * 128, 3)  # source square | driving | result
+
+
+@pytest.mark.parametrize("options", [["--paste-back"], ["--crop-source"], ["--all-faces", "--paste-back"]])
+def test_a_photo_without_a_face_is_one_line_and_writes_nothing(scenes, tmp_path, capsys, options):
+    code, out, err = run_cli(["animate", scenes / "coffee.png", DRIVING_DIR, "-o", tmp_path / "out.mp4", *MODEL,
+                              *options], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("fom: error: no face found in the source"), err
+    assert not (tmp_path / "out.mp4").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_all_faces_needs_paste_back(scenes, tmp_path, capsys):
+    code, _, err = run_cli(["animate", scenes / "two.png", DRIVING_DIR, "-o", tmp_path / "out.mp4", *MODEL,
+                            "--all-faces"], capsys)
+    assert code == 2 and "--paste-back" in err and len(err.strip().splitlines()) == 1
+
+
+# --- the driving face, followed as a stream -------------------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from fom_cli import faces  # noqa: E402
+from fom_cli.face_tracks import DrivingFollower, gaussian_smooth  # noqa: E402
+from fom_cli.media.video_in import VideoReader  # noqa: E402
+
+CANVAS_WIDTH = 320  # the carphone clip (176x144) slides across a frame this wide
+CLIP_FRAMES = 60
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return faces.make_detector("dlib")
+
+
+@pytest.fixture(scope="module")
+def moving_face(tmp_path_factory, detector):
+    """The carphone talking head sliding left to right across a wider frame: (clip path, true face centre
+    of every frame), the centre from the detector on the unshifted frame plus the shift."""
+    carphone = [frame for _, frame in zip(range(CLIP_FRAMES), VideoReader(carphone_path()).frames())]
+    height, width = carphone[0].shape[:2]
+    frames, centres = [], []
+    for index, frame in enumerate(carphone):
+        shift = round(index * (CANVAS_WIDTH - width) / (CLIP_FRAMES - 1))
+        canvas = np.full((height, CANVAS_WIDTH, 3), 40, dtype=np.uint8)
+        canvas[:, shift:shift + width] = frame
+        frames.append(canvas)
+        found = detector.detect(frame)
+        if found:
+            box = found[0].box
+            centres.append(((box[0] + box[2]) / 2 + shift, (box[1] + box[3]) / 2))
+        else:
+            centres.append(None)
+    path = make_clip(tmp_path_factory.mktemp("moving") / "moving.mp4", np.stack(frames), fps=30, tone=False)
+    return path, centres
+
+
+def test_streamed_smoothing_equals_smoothing_the_whole_track():
+    reader = SimpleNamespace(fps=25.0)
+    follower = DrivingFollower(reader, detector=None, increase=0.1, size=64)
+    rng = np.random.default_rng(0)
+    boxes = [tuple(rng.uniform(0, 100, 2)) + (0.0, 0.0) for _ in range(50)]
+    boxes = [(x, y, x + 20 + i % 3, y + 20) for i, (x, y, _, _) in enumerate(boxes)]
+    streamed = [track for _frame, track in follower.smoothed((i, box) for i, box in enumerate(boxes))]
+    whole = np.array([((l + r) / 2, (t + b) / 2, max(r - l, b - t)) for l, t, r, b in boxes])
+    radius = follower.radius  # 3 sigma: 15 frames at 25 fps
+    assert radius == 15
+    assert np.allclose(streamed[radius:-radius], gaussian_smooth(whole, 0.2 * 25.0)[radius:-radius])
+    # At the ends the Gaussian is cut to equal reach on both sides: the first and last frames unsmoothed.
+    assert np.allclose(streamed[0], whole[0]) and np.allclose(streamed[-1], whole[-1])
+    # A steady motion is followed exactly, also at the ends (no lag toward where the face was).
+    steady = [(i, (3.0 * i, 10.0, 3.0 * i + 40, 50.0)) for i in range(40)]
+    followed = np.array([track for _frame, track in follower.smoothed(steady)])
+    assert np.allclose(followed[:, 0], 3.0 * np.arange(40) + 20)
+    # ...and the frames come out in order, each with its own track.
+    assert [frame for frame, _ in follower.smoothed((i, box) for i, box in enumerate(boxes))] == list(range(50))
+
+
+def test_the_driving_window_follows_the_moving_face(moving_face, detector):
+    path, centres = moving_face
+    follower = DrivingFollower(VideoReader(path), detector, increase=0.1, size=128)
+    windows = [window for _square, window in follower.crops()]
+    assert len(windows) == CLIP_FRAMES
+    checked = 0
+    for window, centre in zip(windows, centres):
+        if centre is None:
+            continue
+        window_centre = (window.left + window.side / 2, window.top + window.side / 2)
+        assert np.hypot(window_centre[0] - centre[0], window_centre[1] - centre[1]) <= 0.1 * window.side
+        checked += 1
+    assert checked > 0.8 * CLIP_FRAMES
+    assert windows[-1].left - windows[0].left > 100  # it did travel with the face
+
+
+def test_face_preset_end_to_end(scenes, moving_face, tmp_path, capsys):
+    path, _ = moving_face
+    code, _, err = run_cli(["animate", scenes / "one.png", path, "-o", tmp_path / "out/", *MODEL, "--face",
+                            "--duration", "0.5"], capsys)
+    assert code == 0, err
+    photo = iio.imread(scenes / "one.png")
+    frames = read_frames(tmp_path / "out")
+    assert frames.shape == (15,) + photo.shape
+    top, left = ASTRONAUT_AT
+    box = changed_box(frames, photo)
+    assert box is not None and left + 100 < box[0] and box[2] < left + 350 and top < box[1] and box[3] < top + 250
+
+
+def test_side_by_side_shows_the_driving_crop(moving_face, scenes, tmp_path, capsys, detector):
+    path, _ = moving_face
+    code, _, err = run_cli(["animate", scenes / "one.png", path, "-o", tmp_path / "out/", *MODEL,
+                            "--crop-driving", "--crop-source", "--side-by-side", "--duration", "0.2"], capsys)
+    assert code == 0, err
+    frames = read_frames(tmp_path / "out")
+    assert frames.shape[1:] == (128, 3 * 128, 3)
+    # The middle panel is the driving square the model saw: the face, in its middle.
+    found = detector.detect(frames[-1][:, 128:256])
+    assert found and abs((found[0].box[0] + found[0].box[2]) / 2 - 64) < 20
+
+
+def test_a_driving_video_without_a_face_is_one_line_and_writes_nothing(scenes, tmp_path, capsys):
+    coffee = iio.imread(scenes / "coffee.png")[:256, :320]
+    driving = make_clip(tmp_path / "coffee.mp4", np.stack([coffee] * 6), fps=12, tone=False)
+    code, _, err = run_cli(["animate", scenes / "one.png", driving, "-o", tmp_path / "out.mp4", *MODEL, "--face"],
+                           capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("fom: error: no face found in the driving"), err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+# --- fom batch columns ----------------------------------------------------------------------------------
+
+def test_batch_columns_turn_face_options_on_per_job(scenes, tmp_path, capsys):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"source,driving,output,paste_back,max_size\n"
+                    f"{scenes / 'one.png'},{DRIVING_DIR},pasted/,true,450\n"
+                    f"{scenes / 'one.png'},{DRIVING_DIR},plain/,,\n")
+    code, _, err = run_cli(["batch", jobs, *MODEL], capsys)
+    assert code == 0, err
+    pasted, plain = read_frames(tmp_path / "pasted"), read_frames(tmp_path / "plain")
+    assert pasted.shape == (8, 320, 450, 3)  # the photo, bounded by the job's max_size
+    assert plain.shape == (8, 128, 128, 3)  # the whole photo fitted to the model's frame, as before
+    photo = bounded_photo(iio.imread(scenes / "one.png"), 450)
+    changed = (pasted != photo[None]).any(axis=(0, 3))
+    assert changed.any() and changed.mean() < 0.1
