@@ -16,7 +16,6 @@ squares out of raw inputs and puts the results back:
 Memory stays flat in the video's length: frames are decoded, followed, animated and encoded as a stream.
 """
 
-import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fom_cli.animation import Animator, default_batch_size
+from fom_cli.animation import Animator, animator_class, default_batch_size
 from fom_cli.compositing import cut, feathered_mask, paste_back, square_window
 from fom_cli.config import frame_size
 from fom_cli.errors import BadInput
@@ -169,8 +168,8 @@ def animate_faces(model, source_path, driving_path, output, args):
             return (fit_frame(frame, (size, size), args.fit) for frame in reader.frames(start, end))
 
     for face in faces:
-        face.animator = Animator(kp_detector, generator, face.square, mode=args.mode, adapt_scale=args.adapt_scale,
-                                 precision=args.precision)
+        face.animator = animator_class(generator)(kp_detector, generator, face.square, mode=args.mode,
+                                                  adapt_scale=args.adapt_scale, precision=args.precision)
         if settings.paste_back:
             face.mask = feathered_mask(face.window.side)
     batch_size = args.batch_size or default_batch_size(faces[0].animator.device)

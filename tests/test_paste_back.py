@@ -50,7 +50,6 @@ def test_paste_back_clips_a_window_reaching_past_the_photo():
 
 # --- fom animate with face cropping, on real photos, with the fixture model --------------------------
 
-import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import imageio.v3 as iio  # noqa: E402
