@@ -35,6 +35,11 @@ class Tube:
         """The last frame the tube covers: its last detection's box is carried to the next detection."""
         return min(self.frames[-1] + detect_every - 1, num_frames - 1)
 
+    def leaves_first_box(self, iou_threshold):
+        """True when the face moves away from where it started (a box overlapping the first one by
+        iou_threshold or less): a fixed window over all its boxes would no longer frame it."""
+        return any(iou(box, self.boxes[0]) <= iou_threshold for box in self.boxes[1:])
+
     def boxes_per_frame(self, last_frame):
         """(frames, 4) boxes for every frame from the first to last_frame: interpolated between detections
         (with --detect-every, or where a detection was missed), the last one carried to the end."""

@@ -370,21 +370,30 @@ def test_clips_keep_the_matching_audio(smooth_clips):
             assert loudness(silent_part) < 300
 
 
-def test_fixed_window_holds_each_face_where_it_started(two_faces_video, tmp_path, capsys):
-    """Without --smooth a tube ends when its face leaves its first box (as the original): the moving
-    face is cut into pieces shorter than a second, the still one makes a clip."""
-    code, out, err = fom_crop(two_faces_video, "-o", tmp_path, "--size", "64", "--json", capsys=capsys)
+def test_a_face_crossing_the_frame_gets_a_clip_of_its_whole_span(two_faces_video, tmp_path, capsys):
+    """Without --smooth, the still face keeps a fixed window (as the original), and the face crossing the
+    frame, which the original's first-box rule cut into pieces too short to keep (no clip at all), gets
+    a window following it over all the time it is visible."""
+    code, out, err = run_cli(["crop", two_faces_video, "-o", tmp_path, "--size", "64", "--json"], capsys)
     assert code == 0, err
-    [record] = json_records(out)
-    assert SECOND_FACE_FRAME <= record["first_frame"] <= SECOND_FACE_FRAME + 3
-    left, top, right, bottom = record["box"]
+    moving, still = json_records(out.splitlines())
+    assert moving["first_frame"] <= 3 and moving["last_frame"] >= COMPOSED_FRAMES - 3
+    assert moving["box"][0] < 50 - 20 and moving["box"][2] > 210 + 20  # its windows swept across
+    assert "1 face(s) in two_faces.mp4 moved away from where they started" in err
+    assert SECOND_FACE_FRAME <= still["first_frame"] <= SECOND_FACE_FRAME + 3
+    left, top, right, bottom = still["box"]
     assert left < 340 < right and top < 180 < bottom  # the middle of the second face's picture
-    face_left, face_top, face_right, face_bottom = record["face_box"]
+    face_left, face_top, face_right, face_bottom = still["face_box"]
     assert left <= face_left and top <= face_top and face_right <= right and face_bottom <= bottom
+    assert right - left == bottom - top < 1.5 * (face_right - face_left)  # a fixed window fitting the face
 
-    code, out, err = fom_crop(two_faces_video, "-o", tmp_path / "short", "--size", "64", "--min-frames", "5",
-                              "--json", capsys=capsys)
-    assert len(json_records(out)) >= 3  # the moving face's pieces are clips now, too
+    # Tracks too short for --min-frames are left out, and a note says how many.
+    code, out, err = run_cli(["crop", two_faces_video, "-o", tmp_path / "long", "--size", "64", "--json",
+                              "--min-frames", "45"], capsys)
+    assert code == 0, err
+    [record] = json_records(out.splitlines())
+    assert record["first_frame"] == moving["first_frame"]
+    assert "1 face track(s) in two_faces.mp4 lasted less than --min-frames 45 and got no clip" in err
 
 
 # --- errors: exit 2, one line, no traceback, nothing written ---------------------------------------------

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import imageio_ffmpeg
@@ -20,6 +21,7 @@ from fom_cli.media.images import aspect_ratio_differs, fit_frame, read_image
 from fom_cli.media.video_in import VideoReader, prefetch, probe
 from fom_cli.media.video_out import VideoWriter
 
+REPO = Path(__file__).resolve().parent.parent
 CLIP_FPS = 25
 CLIP_FRAMES = 50  # 2 seconds
 CLIP_SIZE = (48, 64)  # height, width
@@ -536,6 +538,30 @@ def test_other_outputs_decode_back(clip, tmp_path, name):
     else:
         assert reader.fps == 12.5 and reader.has_audio
     assert leftovers(tmp_path) == []
+
+
+GIF_WRITER = """
+import resource, sys
+import numpy as np
+from fom_cli.media.video_out import VideoWriter
+y, x = np.mgrid[0:128, 0:128]
+with VideoWriter(sys.argv[2], 25) as writer:
+    for i in range(int(sys.argv[1])):
+        writer.write(np.stack([(x + i) % 256, y, (x + y + 3 * i) % 256], axis=-1).astype(np.uint8))
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # KiB, the largest ffmpeg it ran
+"""
+
+
+def test_gif_output_memory_does_not_grow_with_the_length(tmp_path):
+    """ffmpeg's peak memory writing a GIF of 120 frames against one of 20. With one palette for the whole
+    video it held every frame until the end: about 0.4 MB more per 128x128 frame, 40 MB more here."""
+    def peak_kib(frames):
+        output = tmp_path / f"{frames}.gif"
+        result = subprocess.run([sys.executable, "-c", GIF_WRITER, str(frames), str(output)], capture_output=True,
+                                text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+        assert iio.imread(output, index=None).shape == (frames, 128, 128, 3)
+        return int(result.stdout.strip())
+    assert peak_kib(120) - peak_kib(20) < 10 * 1024
 
 
 def test_frames_folder_is_never_mixed_with_other_files(tmp_path):

@@ -85,7 +85,8 @@ def test_training_on_synth_faces_lowers_the_reconstruction_error(synth_data, tmp
     out = tmp_path / "run"
     summary = train(train_args("--config", TOY_CONFIG, "--data", synth_data, "--out", out, "--epochs", 3,
                                        "--num-repeats", 10, "--workers", 0, "--no-perceptual", "--quiet"))
-    assert len(summary["losses"]) == 3 * 20   # 16 videos x 10 repeats / batch 8, three epochs
+    assert summary["iterations"] == 3 * 20   # 16 videos x 10 repeats / batch 8, three epochs
+    assert len(summary["epoch_losses"]) == 3   # running means: nothing kept per iteration
     _, kp_detector, generator, _ = load_model(out / "checkpoint.pth.tar")   # the checkpoint's own config
     trained = held_out_l1(kp_detector, generator, synth_data)
     with capsys.disabled():   # shown with pytest -s
@@ -123,8 +124,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(synth_data, tmp_path
     # --resume alone finds the config in the checkpoint and the run folder next to it.
     second = train(train_args("--resume", tmp_path / "split" / "checkpoint.pth.tar", "--epochs", 2,
                                       "--workers", 0, "--no-perceptual", "--quiet"))
-    assert len(straight["losses"]) == 8 and "disc_gan" in straight["losses"][0]
-    assert first["losses"] + second["losses"] == straight["losses"]   # exactly, every loss of every iteration
+    assert straight["iterations"] == 8 and "disc_gan" in straight["epoch_losses"][0]
+    # Exactly: each epoch's mean is the sum of every iteration's losses, in order.
+    assert first["epoch_losses"] + second["epoch_losses"] == straight["epoch_losses"]
     assert second["out_dir"] == tmp_path / "split"
     for name, module in straight["networks"].items():
         for key, value in module.state_dict().items():
@@ -208,7 +210,7 @@ def test_init_and_resume_from_an_original_checkpoint(synth_data, tmp_path):
     frozen.write_text(yaml.safe_dump(config))
     summary = train(train_args("--config", frozen, *common[2:], "--init", SMALL_CHECKPOINT, "--epochs", 1,
                                        "--out", tmp_path / "init"))
-    assert summary["epochs"] == (0, 1) and len(summary["losses"]) == 2
+    assert summary["epochs"] == (0, 1) and summary["iterations"] == 2
     for name in ("generator", "kp_detector", "discriminator"):
         weights = dict(summary["networks"][name].named_parameters())
         for key, value in weights.items():
@@ -218,7 +220,7 @@ def test_init_and_resume_from_an_original_checkpoint(synth_data, tmp_path):
     # --resume: the original's optimiser states, and epoch 3 done, so training continues at epoch 4.
     summary = train(train_args(*common, "--resume", SMALL_CHECKPOINT, "--epochs", 5, "--out",
                                        tmp_path / "resumed"))
-    assert summary["epochs"] == (4, 5) and len(summary["losses"]) == 2
+    assert summary["epochs"] == (4, 5) and summary["iterations"] == 2
     assert read_checkpoint(tmp_path / "resumed" / "checkpoint.pth.tar")["epoch"] == 4
 
 
@@ -259,7 +261,7 @@ def _ddp_worker(rank, port, argv, results):
         # As numpy arrays: tensors would travel as shared memory that vanishes when this process ends.
         weights = {f"{name}.{key}": value.detach().numpy().copy() for name, module in summary["networks"].items()
                    for key, value in module.state_dict().items()}
-        results.put((rank, weights, summary["losses"], batch_norm))
+        results.put((rank, weights, (summary["iterations"], summary["epoch_losses"]), batch_norm))
     except BaseException as error:   # report instead of hanging the test
         results.put((rank, repr(error), None, None))
         raise
@@ -324,8 +326,8 @@ def test_two_processes_train_in_step_and_only_the_first_writes(synth_data, tmp_p
         assert outcomes[rank][2] < 1e-5   # synchronised batch norm == batch norm over the whole batch
 
     # 16 videos, 8 per step, 4 in each process: two iterations, the same weights everywhere afterwards.
-    assert len(outcomes[0][1]) == len(outcomes[1][1]) == 2
-    assert outcomes[0][1] != outcomes[1][1]   # each process saw its own samples
+    assert outcomes[0][1][0] == outcomes[1][1][0] == 2
+    assert outcomes[0][1][1] != outcomes[1][1][1]   # each process saw its own samples
     weights0, weights1 = outcomes[0][0], outcomes[1][0]
     assert weights0.keys() == weights1.keys()
     for key in weights0:

@@ -5,10 +5,11 @@ around it and written as OUTDIR/<name>_<n>.png at --size x --size pixels.
 
 Videos: faces are detected frame by frame and linked over time into "tubes", one per face that stays
 in view. Every tube lasting at least --min-frames (default: one second) becomes a square clip,
-OUTDIR/<name>_<n>.mp4, with the input's frame rate and the matching stretch of its audio. The crop
-window is fixed over the whole tube (the union of the face's boxes, as the original crop-video.py) or,
-with --smooth, follows the face. --print-ffmpeg prints the original's ffmpeg commands instead (after the
-mkdir -p that creates OUTDIR).
+OUTDIR/<name>_<n>.mp4, with the input's frame rate and the matching stretch of its audio (a note says
+how many shorter ones were left out). The crop window is fixed over the whole tube (the union of the
+face's boxes, as the original crop-video.py) while the face stays near where it started, and follows
+the face when it moves away or with --smooth. --print-ffmpeg prints the original's ffmpeg commands
+instead (fixed windows only; after the mkdir -p that creates OUTDIR).
 
 An input that gives no crop (no face, or none that stays --min-frames) is skipped with a warning naming
 it. Exit code: 0 when every input gave crops, 1 when some were skipped and others were cropped, 2 when
@@ -302,13 +303,30 @@ def crop_video(input_path, output_dir, detector, args):
     frame_size = shown_size
 
     max_gap = max(args.detect_every, round(MAX_MISSING_SECONDS * fps))
-    tubes = link_tubes(detections, args.iou, max_gap, follow_face=args.smooth)
+    # Faces are followed from box to box, fixed window or not: comparing with a tube's first box (as the
+    # original) cut a face crossing the frame into pieces too short to keep, and it got no clip at all.
+    tubes = link_tubes(detections, args.iou, max_gap, follow_face=True)
     min_frames = args.min_frames or max(1, round(fps))
-    clips = []
+    clips, short, followed = [], [], 0
     for tube in tubes:
         last_frame = tube.last_frame(args.detect_every, num_frames)
-        if last_frame - tube.first_frame + 1 >= min_frames:
-            clips.append(clip_for_tube(len(clips) + 1, tube, last_frame, frame_size, args.increase, args.smooth, fps))
+        if last_frame - tube.first_frame + 1 < min_frames:
+            short.append(last_frame - tube.first_frame + 1)
+            continue
+        # A fixed window holds a face that stays near where it started; one that leaves that place gets a
+        # window following it, as with --smooth (--print-ffmpeg: the window over its whole path).
+        follow = args.smooth or (not args.print_ffmpeg and tube.leaves_first_box(args.iou))
+        if follow and not args.smooth:
+            followed += 1
+        clips.append(clip_for_tube(len(clips) + 1, tube, last_frame, frame_size, args.increase, follow, fps))
+    if short:
+        lengths = ", ".join(str(length) for length in sorted(short, reverse=True)[:5])
+        note(f"{len(short)} face track(s) in {input_path.name} lasted less than --min-frames {min_frames} and "
+             f"got no clip ({lengths}{', ...' if len(short) > 5 else ''} frames); lower --min-frames to keep them",
+             args)
+    if followed:
+        note(f"{followed} face(s) in {input_path.name} moved away from where they started: their crop windows "
+             f"follow them (as with --smooth)", args)
     if not clips:
         raise Skipped(input_path, f"no face stays {min_frames} frames (--min-frames)" if tubes else "no face found")
 

@@ -262,9 +262,11 @@ class VideoWriter:
             crf = round((1 - (self.quality or 5) / 10) * 63)
             return "libvpx-vp9", "yuv420p", None, bt709 + ["-crf", str(crf), "-b:v", "0", "-cpu-used", "4",
                                                           "-row-mt", "1"]
-        # GIF: one palette built from all frames, then dithered onto it; looks far better than the
-        # default fixed palette.
-        palette = ["-vf", "split[frames][copy];[copy]palettegen[palette];[frames][palette]paletteuse"]
+        # GIF: each frame gets a palette of its own colours and is dithered onto it; looks far better than
+        # the default fixed palette. One palette for the whole video would make ffmpeg hold every frame
+        # until the last has been seen (memory growing with the length); per frame, it holds one.
+        palette = ["-vf", "split[frames][copy];[copy]palettegen=stats_mode=single[palette];"
+                          "[frames][palette]paletteuse=new=1"]
         return "gif", "pal8", None, palette
 
     def _exact_fps(self) -> Fraction:

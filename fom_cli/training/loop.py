@@ -87,8 +87,10 @@ def training_step(batch, device, generator_full, discriminator_full, discriminat
 # --- the whole run ------------------------------------------------------------------------------------------
 
 def train(args):
-    """`fom train`. Returns a summary: out_dir, checkpoint, epochs, losses (one dict per iteration of this
-    process), seconds_per_iteration and networks (the trained modules)."""
+    """`fom train`. Returns a summary: out_dir, checkpoint, epochs, iterations (of this process),
+    epoch_losses (one dict of mean losses per epoch, over this process's iterations),
+    seconds_per_iteration (the mean, leaving out the first) and networks (the trained modules). Nothing
+    is kept per iteration: a run of a million iterations holds as much as one of ten."""
     rank, world_size, local_rank = distributed_environment()
     device = choose_device(args.device, local_rank)
     join_processes = world_size > 1 and not dist.is_initialized()
@@ -176,22 +178,22 @@ def train_epochs(args, run):
         print(f"fom train: {config_name(run.config)} on {run.device}{processes}, {len(loader)} iterations per "
               f"epoch, epochs {run.start_epoch + 1}-{num_epochs}, writing to {run.out_dir}", file=sys.stderr)
 
-    history, iteration_seconds = [], []
+    epoch_losses = []
+    timing = {"iterations": 0, "steady_seconds": 0.0}  # running totals; the first iteration pays for start-up
     checkpoint_file = run.out_dir / CHECKPOINT_NAME
     try:
         for epoch in range(run.start_epoch, num_epochs):
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch)
-            sums, batch, generated = train_one_epoch(args, run, loader, epoch, log, history, iteration_seconds,
-                                                     show_progress)
+            sums, batch, generated = train_one_epoch(args, run, loader, epoch, log, timing, show_progress)
+            epoch_losses.append({name: total / len(loader) for name, total in sums.items()})
             with warnings.catch_warnings():
                 # Without a generator GAN loss the discriminator's optimiser never steps; its schedule still
                 # counts epochs, as the original's does.
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 for scheduler in run.schedulers.values():
                     scheduler.step()
-            mean_losses = mean_over_processes({name: total / len(loader) for name, total in sums.items()},
-                                              run.world_size)
+            mean_losses = mean_over_processes(epoch_losses[-1], run.world_size)
             if log is not None:
                 end_of_epoch(args, run, log, epoch, mean_losses, batch, generated, checkpoint_file, show_progress)
             del batch, generated
@@ -199,18 +201,19 @@ def train_epochs(args, run):
         if log is not None:
             log.close()
 
-    # The first iteration pays for start-up (workers, memory allocation): leave it out of the speed.
-    steady = iteration_seconds[1:] or iteration_seconds
-    if show_progress:
-        print(f"fom train: {len(history)} iterations, {np.median(steady):.2f} s each; checkpoint {checkpoint_file}; "
+    iterations = timing["iterations"]
+    seconds_per_iteration = timing["steady_seconds"] / (iterations - 1) if iterations > 1 else None
+    if show_progress and seconds_per_iteration is not None:
+        print(f"fom train: {iterations} iterations, {seconds_per_iteration:.2f} s each; checkpoint {checkpoint_file}; "
               f"animate with: fom animate SOURCE DRIVING --checkpoint {checkpoint_file} -o out.mp4", file=sys.stderr)
     return {"out_dir": run.out_dir, "checkpoint": checkpoint_file if run.is_main else None,
-            "epochs": (run.start_epoch, num_epochs), "losses": history,
-            "seconds_per_iteration": float(np.median(steady)) if steady else None, "networks": run.networks}
+            "epochs": (run.start_epoch, num_epochs), "iterations": iterations, "epoch_losses": epoch_losses,
+            "seconds_per_iteration": seconds_per_iteration, "networks": run.networks}
 
 
-def train_one_epoch(args, run, loader, epoch, log, history, iteration_seconds, show_progress):
-    """Every batch of one epoch; returns (loss sums, the last batch, its generated outputs)."""
+def train_one_epoch(args, run, loader, epoch, log, timing, show_progress):
+    """Every batch of one epoch, counting iterations and their seconds in `timing`; returns (loss sums, the
+    last batch, its generated outputs)."""
     from fom_cli.progress import progress_bar
 
     train_params = run.config["train_params"]
@@ -231,14 +234,15 @@ def train_one_epoch(args, run, loader, epoch, log, history, iteration_seconds, s
                                         align_corners=generator.align_corners)
         losses, generated = training_step(batch, run.device, run.generator_full, run.discriminator_full,
                                           run.networks.get("discriminator"), run.optimizers, transform)
-        history.append(losses)
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value
         if log is not None:
             log.iteration(epoch * len(loader) + index, losses)
         progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items()}, refresh=False)
         now = time.perf_counter()
-        iteration_seconds.append(now - started)
+        if timing["iterations"]:  # the run's first iteration pays for start-up (workers, memory): left out
+            timing["steady_seconds"] += now - started
+        timing["iterations"] += 1
         started = now
     return sums, batch, generated
 
