@@ -247,11 +247,16 @@ def test_reconstruct_uses_the_background_predictor_as_the_original_does(tmp_path
 # --- speed rewrites and memory ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("prepack", [False, True])
-def test_inference_rewrites_compute_the_same_frames(networks, reference, prepack):
-    """Sub-pixel up blocks, strided anti-aliasing, row-split and prepacked convolutions, channels_last: the
-    dense motion and inpainting networks' outputs agree to float rounding, and instance normalisation stays."""
+def test_inference_rewrites_compute_the_same_frames(networks, reference, prepack, monkeypatch):
+    """Sub-pixel up blocks, strided anti-aliasing, row-split and prepacked convolutions, Winograd residual
+    blocks, channels_last: the dense motion and inpainting networks' outputs agree to float rounding, and
+    instance normalisation stays."""
     from fom_cli.models.blocks import UpBlock2d
-    from fom_cli.models.tpsmm.inference import optimize_tps_for_inference
+    from fom_cli.models.tpsmm import inference
+    from fom_cli.models.tpsmm.inference import WinogradConv, optimize_tps_for_inference
+
+    # Winograd from this small model's 64 channels (vox-256: its 512-channel blocks).
+    monkeypatch.setattr(inference, "WINOGRAD_MIN_CHANNELS", 64)
 
     source = torch.tensor(reference["source"][None]).permute(0, 3, 1, 2)
     kp_source = torch.tensor(reference["kp_source"])[None]
@@ -265,6 +270,7 @@ def test_inference_rewrites_compute_the_same_frames(networks, reference, prepack
             for network in (dense_motion, inpainting):
                 assert not any(isinstance(module, UpBlock2d) for module in network.modules())
                 assert any(isinstance(module, torch.nn.InstanceNorm2d) for module in network.modules())
+            assert sum(isinstance(module, WinogradConv) for module in inpainting.modules()) == 12
         with torch.inference_mode():
             motion = dense_motion.motion(dense_motion.prepare_source(source, kp_source), kp_moved)
             results.append((motion, inpainting.decode(inpainting.encode_source(source), motion)["prediction"]))
@@ -273,6 +279,24 @@ def test_inference_rewrites_compute_the_same_frames(networks, reference, prepack
     for fast, plain in zip(fast_motion["occlusion_maps"], plain_motion["occlusion_maps"]):
         assert max_difference(fast.numpy(), plain.numpy()) <= 1e-5
     assert max_difference(fast_frames.numpy(), plain_frames.numpy()) <= FRAME_TOLERANCE
+
+
+@pytest.mark.parametrize("size", [(32, 32), (30, 21)])
+def test_winograd_convolution_is_as_close_to_float64_as_a_direct_one(size):
+    from fom_cli.models.tpsmm.inference import WinogradConv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(512, 512, 3, padding=1)
+    x = torch.relu(torch.randn(2, 512, *size))   # activations after a normalisation and a ReLU
+    with torch.no_grad():
+        exact = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        direct, winograd = conv(x), WinogradConv(conv)(x.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):   # float32 also under autocast
+            autocast = WinogradConv(conv)(x)
+    assert winograd.shape == exact.shape and winograd.dtype == torch.float32
+    direct_error = float((direct.double() - exact).abs().max())
+    assert float((winograd.double() - exact).abs().max()) <= max(4 * direct_error, 1e-5)
+    assert torch.equal(autocast, winograd)
 
 
 def test_memory_does_not_grow_with_a_30_second_driving_video(tmp_path, networks, reference):
