@@ -152,7 +152,9 @@ def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", o
 
         if align_corners is False:
             raise FomError("--align-corners false: TPSMM models always sample with align_corners=True")
-        kp_detector, model = load_tps_networks(checkpoint, config, checkpoint_path, device, optimize=optimize)
+        # oneDNN's prepacked ops are opaque to torch.compile: compiled CPU code gets plain convolutions.
+        prepack = torch.device(device).type == "cpu" and precision == "fp32" and not compile
+        kp_detector, model = load_tps_networks(checkpoint, config, checkpoint_path, device, optimize, prepack)
         del checkpoint
         if compile:
             compile_tps_networks(kp_detector, model)

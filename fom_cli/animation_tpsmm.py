@@ -24,6 +24,7 @@ from torch import nn
 from fom_cli.animation import AUTOCAST_DTYPES, CompiledOrEager, check_animation_mode, to_tensor
 from fom_cli.checkpoint import load_state
 from fom_cli.models.tpsmm import build_tpsmm_networks, movement_scale, relative_keypoints
+from fom_cli.models.tpsmm.inference import optimize_tps_for_inference
 
 # --mode name -> what the keypoints are; "absolute" is the original demo's "standard".
 TPSMM_MODES = ("relative", "absolute", "avd")
@@ -55,14 +56,15 @@ class TpsModel(nn.Module):
         self.bg_predictor = bg_predictor
 
 
-def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True):
+def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True, prepack=False):
     """(keypoint detector, TpsModel) from a TPSMM checkpoint dict, in eval mode on `device`.
 
     Every network the checkpoint and the config both have is loaded and checked tensor by tensor: the
     avd_network when the checkpoint has one, the bg_predictor when the config has bg: True (the original
     demo skips it, its reconstruction uses it). Optimiser states are never read (the file is memory-mapped).
-    optimize: reserved for the exact inference rewrites (FOMM's BatchNorm folding does not apply: TPSMM's
-    networks use instance normalisation).
+    optimize: apply the exact inference rewrites to the dense motion and inpainting networks
+    (models/tpsmm/inference.py; FOMM's BatchNorm folding does not apply: they normalise by instance);
+    prepack: with them, oneDNN-prepacked weights (CPU float32).
     """
     # Built on the meta device and allocated uninitialised, as load_model does for FOMM.
     with torch.device("meta"):
@@ -76,7 +78,17 @@ def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True):
         network.eval()
     model = TpsModel(networks["inpainting_network"], networks["dense_motion_network"], networks.get("avd_network"),
                      networks.get("bg_predictor"))
+    if optimize:
+        optimize_tps_networks(networks["kp_detector"], model, prepack=prepack)
     return networks["kp_detector"], model
+
+
+def optimize_tps_networks(kp_detector, model, prepack=False):
+    """The exact inference rewrites, in place: the dense motion and inpainting networks rewritten
+    (optimize_tps_for_inference), the keypoint detector in channels_last."""
+    optimize_tps_for_inference(model.dense_motion_network, inplace=True, prepack=prepack)
+    optimize_tps_for_inference(model.inpainting_network, inplace=True, prepack=prepack)
+    kp_detector.to(memory_format=torch.channels_last)
 
 
 def compile_tps_networks(kp_detector, model):
@@ -120,6 +132,9 @@ class TpsAnimator:
                     self.identity = generator.avd_network.encode_identity(kp_source)
         self.kp_driving_initial = None
         self.scale = 1.0
+        # On a CPU the inpainting decoder runs one frame at a time (as FOMM's Animator's decoder does): a
+        # frame's feature maps stay in the caches, a batch's do not. None: the whole batch at once.
+        self.decode_batch_size = 1 if self.device.type == "cpu" else None
 
     def autocast(self):
         """Reduced precision for the convolutions; keypoints and flows stay float32 (see detect and
@@ -167,7 +182,14 @@ class TpsAnimator:
             if self.background:
                 bg_param = self.generator.bg_predictor(self.source.expand(len(driving), -1, -1, -1), driving)
             motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved, bg_param)
-            prediction = self.generator.inpainting_network.decode(self.source_features, motion)["prediction"].float()
+            step = self.decode_batch_size or len(driving)
+            decoded = []
+            for i in range(0, len(driving), step):
+                frames_motion = {"deformation": motion["deformation"][i:i + step],
+                                 "occlusion_maps": [mask[i:i + step] for mask in motion["occlusion_maps"]]}
+                decoded.append(self.generator.inpainting_network.decode(self.source_features, frames_motion)
+                               ["prediction"].float())
+            prediction = torch.cat(decoded)
         self.last_keypoints = {"source": self.kp_source["value"][0].cpu().numpy(),
                                "driving": kp_driving.cpu().numpy(), "moved": kp_moved.cpu().numpy()}
         return prediction.permute(0, 2, 3, 1).cpu().numpy()

@@ -242,3 +242,84 @@ def test_reconstruct_uses_the_background_predictor_as_the_original_does(tmp_path
     # Without the background motion the frames differ: the predictor was used.
     model.bg_predictor = None
     assert abs(original_reconstruction_l1(networks["kp_detector"], model, video) - expected) > 1e-5
+
+
+# --- speed rewrites and memory ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prepack", [False, True])
+def test_inference_rewrites_compute_the_same_frames(networks, reference, prepack, monkeypatch):
+    """Sub-pixel up blocks, strided anti-aliasing, row-split and prepacked convolutions, Winograd residual
+    blocks, channels_last: the dense motion and inpainting networks' outputs agree to float rounding, and
+    instance normalisation stays."""
+    from fom_cli.models.blocks import UpBlock2d
+    from fom_cli.models.tpsmm import inference
+    from fom_cli.models.tpsmm.inference import WinogradConv, optimize_tps_for_inference
+
+    # Winograd from this small model's 64 channels (vox-256: its 512-channel blocks).
+    monkeypatch.setattr(inference, "WINOGRAD_MIN_CHANNELS", 64)
+
+    source = torch.tensor(reference["source"][None]).permute(0, 3, 1, 2)
+    kp_source = torch.tensor(reference["kp_source"])[None]
+    kp_moved = torch.tensor(reference["relative_kp_norm"][2:5])
+    results = []
+    for optimize in (False, True):
+        dense_motion, inpainting = networks["dense_motion_network"], networks["inpainting_network"]
+        if optimize:
+            dense_motion = optimize_tps_for_inference(dense_motion, prepack=prepack)
+            inpainting = optimize_tps_for_inference(inpainting, prepack=prepack)
+            for network in (dense_motion, inpainting):
+                assert not any(isinstance(module, UpBlock2d) for module in network.modules())
+                assert any(isinstance(module, torch.nn.InstanceNorm2d) for module in network.modules())
+            assert sum(isinstance(module, WinogradConv) for module in inpainting.modules()) == 12
+        with torch.inference_mode():
+            motion = dense_motion.motion(dense_motion.prepare_source(source, kp_source), kp_moved)
+            results.append((motion, inpainting.decode(inpainting.encode_source(source), motion)["prediction"]))
+    (plain_motion, plain_frames), (fast_motion, fast_frames) = results
+    assert max_difference(fast_motion["deformation"].numpy(), plain_motion["deformation"].numpy()) <= 1e-5
+    for fast, plain in zip(fast_motion["occlusion_maps"], plain_motion["occlusion_maps"]):
+        assert max_difference(fast.numpy(), plain.numpy()) <= 1e-5
+    assert max_difference(fast_frames.numpy(), plain_frames.numpy()) <= FRAME_TOLERANCE
+
+
+@pytest.mark.parametrize("size", [(32, 32), (30, 21)])
+def test_winograd_convolution_is_as_close_to_float64_as_a_direct_one(size):
+    from fom_cli.models.tpsmm.inference import WinogradConv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(512, 512, 3, padding=1)
+    x = torch.relu(torch.randn(2, 512, *size))   # activations after a normalisation and a ReLU
+    with torch.no_grad():
+        exact = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        direct, winograd = conv(x), WinogradConv(conv)(x.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):   # float32 also under autocast
+            autocast = WinogradConv(conv)(x)
+    assert winograd.shape == exact.shape and winograd.dtype == torch.float32
+    direct_error = float((direct.double() - exact).abs().max())
+    assert float((winograd.double() - exact).abs().max()) <= max(4 * direct_error, 1e-5)
+    assert torch.equal(autocast, winograd)
+
+
+def test_memory_does_not_grow_with_a_30_second_driving_video(tmp_path, networks, reference):
+    """30 s of driving video (300 frames at 10 fps) in the memory 3 s take: it streams through the TpsAnimator."""
+    from fom_cli.checkpoint import make_checkpoint, save_checkpoint
+    from test_speed import peak_rss_during
+
+    config = load_config(SMALL_CONFIG)
+    config["dataset_params"]["frame_shape"] = [64, 64, 3]   # a quarter of the pixels: the test stays quick
+    save_checkpoint(tmp_path / "tps-64.pth", make_checkpoint(config, networks))
+    frames = to_uint8(reference["driving"][:, ::2, ::2])
+    short = make_clip(tmp_path / "short.mp4", np.concatenate([frames] * 4)[:30], fps=10, tone=False)
+    long = make_clip(tmp_path / "long.mp4", np.concatenate([frames] * 38)[:300], fps=10, tone=False)
+    source = tmp_path / "source.png"
+    iio.imwrite(source, to_uint8(reference["source"][::2, ::2]))
+
+    def animate(driving, output):
+        assert run_cli(["animate", source, driving, "-o", output, "--checkpoint", tmp_path / "tps-64.pth",
+                        "--quiet"]) == 0
+
+    animate(short, tmp_path / "warm-up.mp4")  # allocator and thread pools settle
+    peak_short = peak_rss_during(lambda: animate(short, tmp_path / "short-out.mp4"))
+    peak_long = peak_rss_during(lambda: animate(long, tmp_path / "long-out.mp4"))
+    assert probe(tmp_path / "long-out.mp4").num_frames == 300
+    # Holding the 270 extra predictions would take 270 x 48 KiB = 13 MiB, and as much for the driving frames.
+    assert peak_long - peak_short < 8, (peak_short, peak_long)

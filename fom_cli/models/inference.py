@@ -411,20 +411,20 @@ class FoldedResBlock(nn.Module):
         return self.conv2(self.conv1(F.relu(self.norm1(x), inplace=True))) + x
 
 
-class SubpixelUpBlock(nn.Module):
-    """UpBlock2d (nearest x2 upsampling, 3x3 conv, BN, ReLU) computed at the input's resolution.
+class SubpixelConv(nn.Module):
+    """Nearest x2 upsampling then a 3x3 convolution (padding 1) [then a ReLU], computed at the input's
+    resolution.
 
     Output row 2i + a of the upsampled-then-convolved image sees input rows (i - 1, i) for a = 0, with
     kernel rows (w0, w1 + w2), and rows (i, i + 1) for a = 1, with kernel rows (w0 + w1, w2); columns
     likewise. One 2x2 convolution over the zero-padded input produces all four phases as channel groups.
     """
 
-    def __init__(self, block):
+    def __init__(self, conv, relu=False):
         super().__init__()
-        conv = folded_conv(block.conv, block.norm)
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1):
             raise ValueError("sub-pixel rewrite needs a 3x3 convolution with padding 1")
-        w = conv.weight  # (out, in, 3, 3)
+        w = conv.weight.detach()  # (out, in, 3, 3)
         rows = [torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], dim=2),   # phase a = 0
                 torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], dim=2)]   # phase a = 1
         kernels = []
@@ -432,7 +432,8 @@ class SubpixelUpBlock(nn.Module):
             kernels.append(torch.stack([row_kernel[..., 0], row_kernel[..., 1] + row_kernel[..., 2]], dim=-1))
             kernels.append(torch.stack([row_kernel[..., 0] + row_kernel[..., 1], row_kernel[..., 2]], dim=-1))
         # Phases in the order (a, b) = (0, 0), (0, 1), (1, 0), (1, 1), stacked along output channels.
-        self.conv = Conv(torch.cat(kernels, dim=0), conv.bias.detach().repeat(4), (1, 1), relu=True)
+        bias = None if conv.bias is None else conv.bias.detach().repeat(4)
+        self.conv = Conv(torch.cat(kernels, dim=0), bias, (1, 1), relu=relu)
         self.out_channels = conv.out_channels
 
     def forward(self, x):
@@ -449,6 +450,14 @@ class SubpixelUpBlock(nn.Module):
                 phase = 2 * a + b
                 out[:, :, a::2, b::2] = phases[:, phase * c:(phase + 1) * c, a:a + h, b:b + w]
         return out
+
+
+class SubpixelUpBlock(SubpixelConv):
+    """UpBlock2d (nearest x2 upsampling, 3x3 conv, BN, ReLU) with the BatchNorm folded, computed at the
+    input's resolution (SubpixelConv)."""
+
+    def __init__(self, block):
+        super().__init__(folded_conv(block.conv, block.norm), relu=True)
 
 
 def _rewrite(module, memory_format, split_rows):
