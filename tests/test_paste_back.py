@@ -57,15 +57,17 @@ import matplotlib  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, carphone_path, make_clip, run_cli  # noqa: E402
+from fom_cli import faces  # noqa: E402
 from fom_cli.face_animation import bounded_photo  # noqa: E402
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 DRIVING_DIR = PARITY / "small-driving"  # 8 frames, 128x128
 MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--quiet"]
 
-# Where the photos sit in the scenes below, and their faces (dlib's boxes in the photos, from test_crop).
+# Where the photos sit in the scenes below, and their faces: dlib's boxes in the photos (from test_crop),
+# grown as fom's dlib detector grows them to the training data's framing.
 ASTRONAUT_AT = (60, 300)  # top, left in the one-face scene
-ASTRONAUT_FACE = (175, 66, 272, 170)
+ASTRONAUT_FACE = faces.grown((175, 66, 272, 170), faces.DLIB_TO_WIDER_FACE_SCALE)
 
 
 def background(height, width):
