@@ -91,19 +91,31 @@ def why_not_a_checkpoint(path):
     return "is not a checkpoint at all: it is text, not tensors"
 
 
+# What torch's own pickles import: tensors, storages, OrderedDict (and numpy arrays in some files). A
+# pickle importing anything else would call it when loaded.
+DATA_IMPORTS = ("torch.", "collections.OrderedDict", "numpy.", "_codecs.encode")
+
+
 def _pickle_imports_names(path) -> bool:
-    """True when the file is whole pickles, one of which imports a Python name (a function or a class
-    that unpickling would call): weights_only's refusal of it is then about code, not damage. Parsed with
-    pickletools, which only reads opcodes and runs nothing. Torch's legacy format is several pickles in a
-    row (magic number, protocol, system info, the object), hence the loop."""
+    """True when the file is whole pickles, one of which imports a Python name torch's format does not use
+    (a function or a class that unpickling would call): weights_only's refusal of it is then about code,
+    not damage. Parsed with pickletools, which only reads opcodes and runs nothing. Torch's legacy format
+    is several pickles in a row (magic number, protocol, system info, the object), hence the loop."""
     import pickletools
 
-    imports = {"GLOBAL", "STACK_GLOBAL", "INST"}
+    strings = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE")
     try:
         with open(path, "rb") as file:
             for _ in range(4):
-                opcodes = {opcode.name for opcode, _, _ in pickletools.genops(file)}  # to its end: whole
-                if opcodes & imports:
+                pushed, imports = [], []
+                for opcode, argument, _ in pickletools.genops(file):  # to the pickle's end: it is whole
+                    if opcode.name in strings:
+                        pushed.append(argument)
+                    elif opcode.name in ("GLOBAL", "INST"):  # argument: "module name"
+                        imports.append(argument.replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL":  # module and name are the last two strings pushed
+                        imports.append(".".join(pushed[-2:]) if len(pushed) >= 2 else "?")
+                if any(not name.startswith(DATA_IMPORTS) for name in imports):
                     return True
     except Exception:  # not a whole pickle: damaged bytes
         return False
@@ -128,7 +140,10 @@ def read_checkpoint(path):
         if "GLOBAL" in str(error) or "Unsupported global" in str(error) or _pickle_imports_names(path):
             raise BadCheckpoint(f"{path} holds more than tensors (objects that would run code when loaded), "
                                 "so fom refuses to load it") from None
-        raise BadCheckpoint(f"{path} is a damaged checkpoint ({first_line(error)}); {DOWNLOAD_HINT}") from None
+        # torch's own reason follows "WeightsUnpickler error:" in a long message (its first line is generic).
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+        reason = detail.group(1).strip() if detail else first_line(error)
+        raise BadCheckpoint(f"{path} is a damaged or cut-off checkpoint ({reason}); {DOWNLOAD_HINT}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as error:
         raise BadCheckpoint(f"{path} is a damaged or cut-off checkpoint ({first_line(error)}); "
                             f"{DOWNLOAD_HINT}") from None

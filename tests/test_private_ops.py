@@ -51,6 +51,29 @@ def wrong_by_one_percent(original):
     return convolution
 
 
+class WrongByOnePercent:
+    """An int8 convolution op packet (the op and its .binary overload) whose results are 1% too large."""
+
+    def __init__(self, packet):
+        self.packet = packet
+        self.binary = wrong_by_one_percent(packet.binary)
+
+    def __call__(self, *args, **kwargs):
+        return self.packet(*args, **kwargs) * 1.01
+
+
+def int8_split_runs():
+    """Whether this torch's int8 ops take the split's calls (their signatures change between releases;
+    where they differ, the split falls back, as test_animation_works_when_an_int8_op_breaks shows)."""
+    try:
+        split = Int8SplitConv(torch.ones(2, 2, 1, 1), None, (0, 0))
+        with torch.inference_mode():
+            split._fast(torch.ones(1, 2, 3, 3))
+        return True
+    except Exception:
+        return False
+
+
 @pytest.mark.parametrize("op", ["weight reorder fails", "fused convolution fails", "fused convolution is off"])
 def test_animation_works_when_a_prepacking_op_breaks(tmp_path, capsys, monkeypatch, fresh_notes, op):
     if not inference._cpu_prepack_available():
@@ -83,7 +106,9 @@ def test_animation_works_when_an_int8_op_breaks(tmp_path, capsys, monkeypatch, f
 
 @int8_ops
 def test_an_int8_split_that_is_off_falls_back_to_plain_convolutions(fresh_notes, capsys, monkeypatch):
-    monkeypatch.setattr(torch.ops.onednn, "qconv2d_pointwise", wrong_by_one_percent(torch.ops.onednn.qconv2d_pointwise))
+    if not int8_split_runs():
+        pytest.skip("this torch's int8 ops take other arguments")
+    monkeypatch.setattr(torch.ops.onednn, "qconv2d_pointwise", WrongByOnePercent(torch.ops.onednn.qconv2d_pointwise))
     torch.manual_seed(0)
     weight, bias = torch.randn(16, 16, 3, 3) / 12, torch.randn(16)
     split = Int8SplitConv(weight, bias, (1, 1), relu=False)
@@ -93,13 +118,15 @@ def test_an_int8_split_that_is_off_falls_back_to_plain_convolutions(fresh_notes,
         assert (split(x) - expected).abs().max() <= 1e-5 * expected.abs().max()
         assert split.packed == []  # plain convolutions from now on
         assert (split(x) - expected).abs().max() <= 1e-5 * expected.abs().max()
-    assert "int8 split convolution" in capsys.readouterr().err
+    assert "int8 split convolution (private oneDNN ops) differs from plain PyTorch" in capsys.readouterr().err
 
 
 @int8_ops
 def test_the_int8_split_scales_each_sample_on_its_own():
     """A dark frame next to a bright one: each sample's fixed point is its own, so its result does not
     depend on the batch (with one scale per batch, the dark frame would lose ten bits of precision)."""
+    if not int8_split_runs():
+        pytest.skip("this torch's int8 ops take other arguments")
     torch.manual_seed(0)
     split = Int8SplitConv(torch.randn(16, 16, 3, 3) / 12, torch.randn(16) * 0.1, (1, 1), relu=True)
     x = torch.randn(3, 16, 12, 12)

@@ -277,13 +277,14 @@ def _exact_frame_rate(fps: float) -> float:
 
 def _count_video_packets(path) -> Tuple[Optional[int], bool]:
     """(the number of video packets in the file or None, whether the file ends before its index does)."""
-    # Stream copy into the null muxer reads the container without decoding a single picture.
-    result = run_ffmpeg(["-i", path, "-map", "0:V:0", "-c", "copy", "-f", "null", "-"])
-    counts = re.findall(r"frame=\s*(\d+)", result.stderr)
+    # Stream copy reads the container without decoding a single picture; the framecrc muxer writes one
+    # line per packet (and "#" header lines). Its count does not depend on ffmpeg's progress line, which
+    # ffmpeg 7.0 prints without a frame count when copying.
+    result = run_ffmpeg(["-v", "error", "-i", path, "-map", "0:V:0", "-c", "copy", "-f", "framecrc", "-"])
     cut_off = "partial file" in result.stderr  # the demuxer's word for packets its index lists past the end
-    if result.returncode != 0 or not counts:
+    if result.returncode != 0:
         return None, cut_off
-    return int(counts[-1]), cut_off
+    return sum(1 for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")), cut_off
 
 
 # ----------------------------------------------------------------------------------------------------
