@@ -9,7 +9,7 @@ every image by its own statistics, so, unlike FOMM's BatchNorm, nothing folds in
 - on CPU, a convolution to 1 to 4 channels with a tall kernel (the occlusion masks', the final one to RGB)
   as row convolutions (RowsConv);
 - on CPU, the residual blocks' 3x3 convolutions of 512 channels (the inpainting decoder's two coarsest
-  levels, 40% of vox-256's FLOPs per frame) as Winograd F(4x4, 3x3) transforms and matrix products
+  levels: 96 of vox-256's 212 GFLOP per frame after the other rewrites) as Winograd F(4x4, 3x3)
   (WinogradConv: 4x fewer multiply-adds, 2x faster there);
 - channels_last weights and activations on GPUs (as for FOMM; on the CPU the plain layout measured faster:
   grid sampling and the Winograd convolutions produce plain maps, and converting them back and forth cost
