@@ -9,9 +9,11 @@ every image by its own statistics, so, unlike FOMM's BatchNorm, nothing folds in
 - on CPU, a convolution to 1 to 4 channels with a tall kernel (the occlusion masks', the final one to RGB)
   as row convolutions (RowsConv);
 - on CPU, the residual blocks' 3x3 convolutions of 512 channels (the inpainting decoder's two coarsest
-  levels, 40% of vox-256's FLOPs per frame) as Winograd F(4x4, 3x3) transforms and matrix products
+  levels: 96 of vox-256's 212 GFLOP per frame after the other rewrites) as Winograd F(4x4, 3x3)
   (WinogradConv: 4x fewer multiply-adds, 2x faster there);
-- channels_last weights and activations, and on CPU in float32 (`prepack`) oneDNN-prepacked weights for
+- channels_last weights and activations on GPUs (as for FOMM; on the CPU the plain layout measured faster:
+  grid sampling and the Winograd convolutions produce plain maps, and converting them back and forth cost
+  more than channels_last saved), and on CPU in float32 (`prepack`) oneDNN-prepacked weights for
   the convolutions with large weights (PREPACK_MIN_WEIGHTS), where reordering them on every call costs
   more than the arithmetic (the dense motion hourglass's deep levels). Smaller ones stay plain: on the
   development machine (AMD EPYC, AVX2) oneDNN's prepacked call has a fixed cost of several milliseconds
@@ -129,11 +131,14 @@ def _rewrite(module, memory_format, on_cpu):
         setattr(module, name, replacement.to(memory_format=memory_format))
 
 
-def optimize_tps_for_inference(network, channels_last=True, inplace=False, prepack=False):
+def optimize_tps_for_inference(network, channels_last=None, inplace=False, prepack=False):
     """A TpsDenseMotionNetwork or InpaintingNetwork (or a module holding them) in eval mode with the rewrites
-    above: a copy, or the network itself when `inplace`. `prepack`: oneDNN weights for CPU float32."""
+    above: a copy, or the network itself when `inplace`. channels_last: None for the device's faster layout
+    (channels_last on GPUs, plain on the CPU). `prepack`: oneDNN weights for CPU float32."""
     network = (network if inplace else copy.deepcopy(network)).eval()
     on_cpu = all(parameter.device.type == "cpu" for parameter in network.parameters())
+    if channels_last is None:
+        channels_last = not on_cpu
     with torch.no_grad():
         _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format, on_cpu)
         if prepack and on_cpu and _cpu_prepack_available():
