@@ -42,6 +42,7 @@ CASES = [
     ("animate over its driving video", ["animate", SOURCE, "d.mp4", "-o", "d.mp4", *MODEL], 2, "is the driving video"),
     ("animate over its source image", ["animate", SOURCE, "d.mp4", "-o", SOURCE, *MODEL], 2, "is the source image"),
     ("batch job over its driving video", ["batch", "same.csv", *MODEL], 2, "is the driving video"),
+    ("export over its checkpoint", ["export", "cut.pth.tar", "-o", "cut.pth.tar"], 2, "is the checkpoint"),
     # 2: a frames folder that already holds frames
     ("frames folder without --overwrite", ["animate", SOURCE, "d.mp4", "-o", "frames", *MODEL], 2, "--overwrite"),
     # 3: outputs that clash
