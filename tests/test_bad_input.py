@@ -30,6 +30,7 @@ def prepare(folder):
     (folder / "page.pth.tar").write_bytes(b"<!DOCTYPE html><html><body>Quota exceeded</body></html>")
     (folder / "random.pth.tar").write_bytes(np.random.default_rng(0).bytes(10_000))
     (folder / "cut.pth.tar").write_bytes(SMALL_CHECKPOINT.read_bytes()[:50_000])
+    (folder / "ok.csv").write_text(f"source,driving,output\n{SOURCE},d.mp4,animated.mp4\n")
     (folder / "same.csv").write_text(f"source,driving,output\n{SOURCE},d.mp4,d.mp4\n")
     (folder / "clash.csv").write_text(f"source,driving,output\n{SOURCE},d.mp4,o.mp4\n{SOURCE},{DRIVING_DIR},o.mp4\n")
     (folder / "noface.png").write_bytes((np.zeros((64, 64, 3), np.uint8) + 128).tobytes())  # not even a PNG
@@ -41,6 +42,7 @@ CASES = [
     ("animate over its driving video", ["animate", SOURCE, "d.mp4", "-o", "d.mp4", *MODEL], 2, "is the driving video"),
     ("animate over its source image", ["animate", SOURCE, "d.mp4", "-o", SOURCE, *MODEL], 2, "is the source image"),
     ("batch job over its driving video", ["batch", "same.csv", *MODEL], 2, "is the driving video"),
+    ("export over its checkpoint", ["export", "cut.pth.tar", "-o", "cut.pth.tar"], 2, "is the checkpoint"),
     # 2: a frames folder that already holds frames
     ("frames folder without --overwrite", ["animate", SOURCE, "d.mp4", "-o", "frames", *MODEL], 2, "--overwrite"),
     # 3: outputs that clash
@@ -52,6 +54,9 @@ CASES = [
     ("absent GPU", ["animate", SOURCE, "d.mp4", "-o", "out.mp4", *MODEL, "--device", "cuda:99"], 2, "cuda:99"),
     ("crop on an unknown device", ["crop", SOURCE, "-o", "crops", "--detector", "sfd", "--detector-weights",
                                    "a-file", "--device", "gpu"], 2, "unknown device"),
+    ("batch on an unknown device", ["batch", "ok.csv", *MODEL, "--device", "gpu"], 2, "unknown device"),
+    ("train on an absent GPU", ["train", "--config", SMALL_CONFIG, "--data", "a", "--batch-size", 4,
+                                "--no-perceptual", "--quiet", "--device", "cuda:99"], 2, "cuda:99"),
     # 12: files that are not checkpoints
     ("an HTML page as checkpoint", ["animate", SOURCE, "d.mp4", "-o", "out.mp4", "--checkpoint", "page.pth.tar"], 2,
      "failed download"),
@@ -65,7 +70,10 @@ CASES = [
      "'.avi'"),
     # 17: a failed crop leaves no folder
     ("crop of a broken image", ["crop", "noface.png", "-o", "new/crops"], 2, "noface.png"),
+    ("train from a web page", ["train", "--resume", "page.pth.tar", "--quiet"], 2, "failed download"),
     # the rest of the ordinary mistakes
+    ("synth over a file", ["synth", "--out", "a-file", "--videos", 1, "--frames", 2, "--quiet"], 2, "a-file"),
+    ("crop into a file", ["crop", SOURCE, "-o", "a-file"], 2, "a-file"),
     ("missing source", ["animate", "missing.png", "d.mp4", "-o", "out.mp4", *MODEL], 2, "does not exist"),
     ("zero fps", ["animate", SOURCE, "d.mp4", "-o", "out.mp4", *MODEL, "--fps", "0"], 2, "--fps"),
     ("export into a folder", ["export", SMALL_CHECKPOINT, "-o", "a", "--config", SMALL_CONFIG], 2, "is a directory"),

@@ -383,6 +383,33 @@ def test_missing_vgg_weights_stop_before_training(synth_data, tmp_path, monkeypa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_full_disk_mid_run_is_one_line_and_the_previous_checkpoint_stays(synth_data, tmp_path):
+    import resource
+
+    config = yaml.safe_load(TOY_CONFIG.read_text())
+    config["train_params"]["checkpoint_freq"] = 1
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
+    common = ["--num-repeats", 1, "--batch-size", 4, "--workers", 0, "--quiet"]
+    run = tmp_path / "run"
+    assert run_cli(["train", "--config", tmp_path / "toy.yaml", "--data", synth_data, *common, "--epochs", 1,
+                    "--no-perceptual", "--out", run]) == 0
+    latest = run / "checkpoint.pth.tar"
+    before = latest.read_bytes()
+    limit = len(before) // 2  # the next checkpoint cannot be written whole: what a full disk does
+
+    def limit_file_size():  # SIGXFSZ ignored, so a write past the limit fails with EFBIG instead of killing
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    argv = ["train", "--resume", latest, *common, "--epochs", 2]
+    result = subprocess.run([sys.executable, "-m", "fom_cli", *map(str, argv)], capture_output=True, text=True,
+                            preexec_fn=limit_file_size, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("fom: error:") and "File too large" in lines[0]
+    assert latest.read_bytes() == before   # the previous checkpoint, intact
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no temporary left
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "fom train needs --config"),
     (["--config", TOY_CONFIG, "--data", "/nonexistent/data"], "does not exist"),

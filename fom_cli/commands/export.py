@@ -27,6 +27,7 @@ from pathlib import Path
 from fom_cli.checkpoint import infer_config, load_state, read_checkpoint, save_checkpoint, slim_checkpoint
 from fom_cli.config import config_family, config_name, load_config
 from fom_cli.errors import BadOutput
+from fom_cli.media.files import same_path
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.options import add_config, add_quiet
 from fom_cli.fetch import resolve_checkpoint
@@ -47,6 +48,10 @@ def run(args):
         raise BadOutput(f"{output} is a directory; give the file name to write")
     if not output.parent.is_dir():
         raise BadOutput(f"cannot write {output}: the directory {output.parent} does not exist")
+    for path in args.checkpoints:
+        if same_path(output, path):  # a training checkpoint slimmed onto itself would lose its optimisers
+            raise BadOutput(f"the output {output} is the checkpoint {path}: writing it would destroy the input; "
+                            f"choose another output path")
 
     # One checkpoint in memory at a time, plus the running sums: vox-256 training checkpoints are 0.7 GB each.
     config, networks, last, sums = None, None, None, None
