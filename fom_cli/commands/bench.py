@@ -126,6 +126,24 @@ def pipeline_animation(animator, driving, batch_size):
     return animator.animate_all(driving, batch_size)
 
 
+def race(pipeline, straightforward, args, device, report):
+    """Time the two paths taking turns, `--repeats` times each, so that a slow spell of the machine (other
+    processes, clock changes) hits both; each path's fastest run is its speed, as timeit reports. Adds the
+    pipeline's frames/s to `report`; returns (pipeline output, straightforward output, seconds per path)."""
+    seconds = {"pipeline": [], "straightforward": []}
+    slow = None
+    for _ in range(args.repeats):
+        fast, elapsed = timed(pipeline, device)
+        seconds["pipeline"].append(elapsed)
+        if not args.no_baseline:
+            slow, elapsed = timed(straightforward, device)
+            seconds["straightforward"].append(elapsed)
+    report["repeats"] = args.repeats
+    report["pipeline_fps"] = args.frames / min(seconds["pipeline"])
+    report["pipeline_fps_median"] = args.frames / float(np.median(seconds["pipeline"]))
+    return fast, slow, seconds
+
+
 def timed(function, device):
     synchronize(device)
     start = time.perf_counter()
@@ -205,19 +223,9 @@ def bench_pipeline(args, config, device):
     if not args.no_baseline:
         straightforward_animation(kp_detector, generator, source, driving[:1], device)  # warm-up
 
-    # The two paths take turns, `--repeats` times each, so that a slow spell of the machine (other
-    # processes, clock changes) hits both; each path's fastest run is its speed, as timeit reports.
-    seconds = {"pipeline": [], "straightforward": []}
-    for _ in range(args.repeats):
-        fast, elapsed = timed(lambda: pipeline_animation(animator, driving, batch_size), device)
-        seconds["pipeline"].append(elapsed)
-        if not args.no_baseline:
-            slow, elapsed = timed(lambda: straightforward_animation(kp_detector, generator, source, driving, device),
-                                  device)
-            seconds["straightforward"].append(elapsed)
-    report["repeats"] = args.repeats
-    report["pipeline_fps"] = args.frames / min(seconds["pipeline"])
-    report["pipeline_fps_median"] = args.frames / float(np.median(seconds["pipeline"]))
+    fast, slow, seconds = race(lambda: pipeline_animation(animator, driving, batch_size),
+                               lambda: straightforward_animation(kp_detector, generator, source, driving, device),
+                               args, device, report)
     # FLOPs are counted on the same rewrites without oneDNN prepacking, whose fused ops the counter cannot see.
     counted = Animator(optimize_for_inference(kp_detector), optimize_for_inference(generator), source,
                        precision=args.precision)
@@ -320,17 +328,9 @@ def bench_tpsmm_pipeline(args, config, device):
     if not args.no_baseline:
         straightforward_tps_animation(kp_detector, model, source, driving[:1], device)  # warm-up
 
-    seconds = {"pipeline": [], "straightforward": []}
-    for _ in range(args.repeats):
-        fast, elapsed = timed(lambda: pipeline_animation(animator, driving, batch_size), device)
-        seconds["pipeline"].append(elapsed)
-        if not args.no_baseline:
-            slow, elapsed = timed(lambda: straightforward_tps_animation(kp_detector, model, source, driving, device),
-                                  device)
-            seconds["straightforward"].append(elapsed)
-    report["repeats"] = args.repeats
-    report["pipeline_fps"] = args.frames / min(seconds["pipeline"])
-    report["pipeline_fps_median"] = args.frames / float(np.median(seconds["pipeline"]))
+    fast, slow, seconds = race(lambda: pipeline_animation(animator, driving, batch_size),
+                               lambda: straightforward_tps_animation(kp_detector, model, source, driving, device),
+                               args, device, report)
     # FLOPs are counted on the same rewrites without oneDNN prepacking, whose fused ops the counter cannot see.
     counted_kp, counted_model = copy.deepcopy(kp_detector), copy.deepcopy(model)
     optimize_tps_networks(counted_kp, counted_model)
