@@ -11,6 +11,8 @@ animation_tpsmm.TpsAnimator, which has the Animator's interface; `animator_class
 """
 
 import contextlib
+import importlib
+import io
 import logging
 import warnings
 
@@ -230,13 +232,19 @@ class CompiledOrEager:
         return self.function(*args, **kwargs)
 
 
+def silence_cuda_home_warning():
+    """Compiling imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on machines that
+    have a CUDA toolkit but no GPU: nothing fom does needs that runtime, so the line would only confuse."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    with contextlib.redirect_stderr(io.StringIO()):  # torch before 2.5 prints the line instead of logging it
+        importlib.import_module("torch.utils.cpp_extension")
+
+
 def compile_networks(kp_detector, generator):
     """torch.compile, in place, the four functions the Animator runs per driving batch: the keypoint
     detector, the dense motion network, the warping of the source features and the decoder. (Compiling
     the generator module itself would compile only its forward, which animation does not call.)"""
-    # Compiling imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on machines that
-    # have a CUDA toolkit but no GPU: nothing fom does needs that runtime, so the line would only confuse.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    silence_cuda_home_warning()
     kp_detector.forward = CompiledOrEager(kp_detector.forward, "keypoint detector")
     dense_motion = generator.dense_motion_network
     dense_motion.motion = CompiledOrEager(dense_motion.motion, "dense motion network")
@@ -312,12 +320,15 @@ class Animator:
             return kp_driving
         return relative_motion(self.kp_source, kp_driving, self.kp_driving_initial, self.scale)
 
-    def animate(self, frames):
-        """(N, H, W, 3) float32 driving frames -> (N, H, W, 3) float32 predictions in [0, 1]."""
+    def animate(self, frames, kp_driving=None):
+        """(N, H, W, 3) float32 driving frames -> (N, H, W, 3) float32 predictions in [0, 1].
+
+        kp_driving: the frames' keypoints (`keypoints(frames)`) when already known, as when several source
+        faces follow the same driving frames (`fom animate --all-faces`)."""
         if self.mode == "relative" and self.kp_driving_initial is None:
             self.set_initial_frame(frames[0])
         with torch.inference_mode(), self.autocast():
-            kp_driving = self.detect(to_tensor(frames, self.device))
+            kp_driving = self.detect(to_tensor(frames, self.device)) if kp_driving is None else kp_driving
             kp_moved = self.driving_keypoints(kp_driving)
             motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved)
             features = self.generator.animate_features(self.source_features, motion)

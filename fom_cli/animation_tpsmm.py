@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fom_cli.animation import AUTOCAST_DTYPES, CompiledOrEager, check_animation_mode, to_tensor
+from fom_cli.animation import (AUTOCAST_DTYPES, CompiledOrEager, check_animation_mode, silence_cuda_home_warning,
+                               to_tensor)
 from fom_cli.checkpoint import load_state
 from fom_cli.models.tpsmm import build_tpsmm_networks, movement_scale, relative_keypoints
 from fom_cli.models.tpsmm.inference import optimize_tps_for_inference
@@ -93,6 +94,7 @@ def optimize_tps_networks(kp_detector, model, prepack=False):
 
 def compile_tps_networks(kp_detector, model):
     """torch.compile, in place, what TpsAnimator runs per driving batch (see animation.compile_networks)."""
+    silence_cuda_home_warning()
     kp_detector.forward = CompiledOrEager(kp_detector.forward, "keypoint detector")
     model.dense_motion_network.motion = CompiledOrEager(model.dense_motion_network.motion, "dense motion network")
     model.inpainting_network.decode = CompiledOrEager(model.inpainting_network.decode, "inpainting decoder")
@@ -170,13 +172,16 @@ class TpsAnimator:
                 return relative_keypoints(self.kp_source["value"], kp_driving, self.kp_driving_initial, self.scale)
             return self.generator.avd_network.decode(self.identity, kp_driving)
 
-    def animate(self, frames):
-        """(N, H, W, 3) float32 driving frames -> (N, H, W, 3) float32 predictions in [0, 1]."""
+    def animate(self, frames, kp_driving=None):
+        """(N, H, W, 3) float32 driving frames -> (N, H, W, 3) float32 predictions in [0, 1].
+
+        kp_driving: the frames' keypoints (`keypoints(frames)`) when already known, as when several source
+        faces follow the same driving frames (`fom animate --all-faces`)."""
         if self.mode == "relative" and self.kp_driving_initial is None:
             self.set_initial_frame(frames[0])
         with torch.inference_mode(), self.autocast():
             driving = frames_to_tensor(frames, self.device)
-            kp_driving = self.detect(driving)
+            kp_driving = self.detect(driving) if kp_driving is None else kp_driving["value"]
             kp_moved = self.driving_keypoints(kp_driving)
             bg_param = None
             if self.background:

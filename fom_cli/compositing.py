@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fom_cli.media.images import resize, to_uint8
+from fom_cli.media.images import resize, resize_uint8, to_uint8
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def cut(frame, window, size):
         square = np.zeros((window.side, window.side, 3), dtype=frame.dtype)
         square[max(-top, 0):max(-top, 0) + visible.shape[0], max(-left, 0):max(-left, 0) + visible.shape[1]] = visible
         visible = square
-    return to_uint8(resize(visible, (size, size)))
+    return resize_uint8(visible, (size, size))
 
 
 # --- paste-back: animated squares back into the photo -------------------------------------------------

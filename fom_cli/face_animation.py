@@ -29,7 +29,7 @@ from fom_cli.config import frame_size
 from fom_cli.errors import BadInput
 from fom_cli.face_tracks import DrivingFollower
 from fom_cli.faces import make_detector
-from fom_cli.media.images import fit_frame, read_image, resize, to_uint8
+from fom_cli.media.images import fit_frame, read_image, resize_uint8, to_uint8
 from fom_cli.media.video_in import VideoReader, prefetch
 from fom_cli.media.video_out import VideoWriter, is_frames_folder
 # pipeline imports this module only inside animate_pair, so importing it here makes no cycle at load time.
@@ -95,7 +95,7 @@ def bounded_photo(image, max_size):
     height, width = image.shape[:2]
     scale = max_size / max(height, width)
     if scale < 1:
-        image = resize(image, (max(1, round(height * scale)), max(1, round(width * scale))))
+        return resize_uint8(image, (max(1, round(height * scale)), max(1, round(width * scale))))
     return to_uint8(image)
 
 
@@ -198,7 +198,9 @@ def animate_faces(model, source_path, driving_path, output, args):
         for batch in batched(frames, batch_size):
             driving = np.stack(batch)
             with networks:
-                predictions = [face.animator.animate(driving) for face in faces]
+                # Every face follows the same driving frames: their keypoints are found once.
+                kp_driving = faces[0].animator.keypoints(driving) if len(faces) > 1 else None
+                predictions = [face.animator.animate(driving, kp_driving) for face in faces]
             for i in range(len(batch)):
                 with compositing:
                     frame = None
@@ -233,5 +235,5 @@ def panels(faces, driving, predictions, i, pasted, side_by_side):
     if pasted is None:
         return strip
     width = pasted.shape[1]
-    strip = to_uint8(resize(strip, (max(1, round(strip.shape[0] * width / strip.shape[1])), width)))
+    strip = resize_uint8(strip, (max(1, round(strip.shape[0] * width / strip.shape[1])), width))
     return np.concatenate([pasted, strip], axis=0)

@@ -1,6 +1,7 @@
 """Faces followed through a video: per-frame detections linked into tubes, and the crop clip of a tube
 (one fixed window over the tube, or a window that follows the face, smoothed over time)."""
 
+import dataclasses
 import itertools
 import time
 from collections import deque
@@ -149,12 +150,20 @@ DETECTIONS_PER_SECOND = 10
 # detection must stay a small share of the animation's time. (Small videos are still enlarged for dlib.)
 DRIVING_MAX_SIDE = 640
 
+# Between two detections a face moves less than its size, so the follower first looks for it only in a
+# region around where it was (NEAR_REGION times its size), shrunk so that the face spans NEAR_FACE_SIDE
+# pixels: big enough for dlib's 80 px window, and a fraction of the cost of searching the whole frame
+# (a 1080p phone video: about 20 ms instead of 190). Only a miss there searches the whole frame.
+NEAR_REGION = 2.5
+NEAR_FACE_SIDE = 120
+
 
 class DrivingFollower:
     """The face of a driving video followed through it as a stream, and its square cut out of each frame.
 
-    The face is detected every few frames (DETECTIONS_PER_SECOND) on a downscaled copy; between detections
-    its box is interpolated, and where the detector misses it the last box is carried. The window's centre
+    The face is detected every few frames (DETECTIONS_PER_SECOND): near where it was (NEAR_REGION), and
+    on a downscaled copy of the whole frame only where it is not found there. Between detections its box
+    is interpolated, and where the detector misses it the last box is carried. The window's centre
     and size are smoothed with the same Gaussian as `fom crop --smooth` (SMOOTH_SECONDS), computed as a
     stream: each frame waits only for the 3 sigma of frames after it, so the look-ahead, and memory, is
     bounded (about 0.6 s of frames) whatever the video's length. The face followed is the most prominent
@@ -180,6 +189,20 @@ class DrivingFollower:
 
     def detect(self, frame):
         return self.detector.detect(frame, max_side=DRIVING_MAX_SIDE)
+
+    def detect_near(self, frame, box):
+        """Faces found in the region around box (see NEAR_REGION), boxes in the frame's pixels."""
+        height, width = frame.shape[:2]
+        side = max(box[2] - box[0], box[3] - box[1])
+        centre_x, centre_y, reach = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, NEAR_REGION * side / 2
+        left, top = max(0, int(centre_x - reach)), max(0, int(centre_y - reach))
+        right, bottom = min(width, int(centre_x + reach) + 1), min(height, int(centre_y + reach) + 1)
+        if right - left < 2 or bottom - top < 2:
+            return []
+        region = frame[top:bottom, left:right]
+        found = self.detector.detect(region, max_side=max(region.shape[:2]) * NEAR_FACE_SIDE / side)
+        return [dataclasses.replace(face, box=(face.box[0] + left, face.box[1] + top, face.box[2] + left,
+                                               face.box[3] + top)) for face in found]
 
     def find_face(self, start=0, stop=None):
         """Find the face to follow: the most prominent in the first detection that sees one. BadInput when
@@ -221,7 +244,9 @@ class DrivingFollower:
                 waiting.append(frame)
                 continue
             started = time.perf_counter()
-            found = self.follow(self.detect(frame), box, missing)
+            found = self.follow(self.detect_near(frame, box), box, missing)
+            if found is None:
+                found = self.follow(self.detect(frame), box, missing)
             self.seconds += time.perf_counter() - started
             missing = 0 if found is not None else missing + self.detect_every
             new_box = found if found is not None else box

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fom_cli.errors import BadInput, first_line
-from fom_cli.media.images import resize, to_uint8
+from fom_cli.media.images import resize_uint8, to_uint8
 
 DETECTORS = ("dlib", "sfd", "auto")
 
@@ -143,7 +143,7 @@ def working_copy(image, max_side, max_upscale):
     if abs(scale - 1.0) < 1e-3:
         return image, 1.0
     new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return to_uint8(resize(image, new_size)), scale
+    return resize_uint8(image, new_size), scale
 
 
 # --- detectors -------------------------------------------------------------------------------------------

@@ -79,6 +79,22 @@ def test_best_frame_measures_motion_from_that_frame(tmp_path, capsys):
     assert not np.allclose(expected[3], expected[0])
 
 
+def test_driving_keypoints_found_once_serve_every_source():
+    """--all-faces finds the driving keypoints once and hands them to each face's Animator: the same
+    frames as each Animator finding them itself."""
+    _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG))
+    driving = driving_frames().astype(np.float32) / 255
+    source = iio.imread(SOURCE).astype(np.float32) / 255
+    first = Animator(kp_detector, generator, source)
+    shared = first.keypoints(driving)
+    for other_source in (source, np.ascontiguousarray(source[:, ::-1])):
+        alone, given = Animator(kp_detector, generator, other_source), Animator(kp_detector, generator, other_source)
+        expected = alone.animate(driving)
+        assert np.array_equal(given.animate(driving, shared), expected)
+        # ...and they are used: another motion's keypoints make other frames.
+        assert not np.allclose(given.animate(driving, first.keypoints(np.ascontiguousarray(driving[::-1]))), expected)
+
+
 def test_side_by_side_gif_and_webm_outputs(tmp_path, capsys):
     code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "panels.gif", *MODEL, "--side-by-side"],
                            capsys)
@@ -297,7 +313,7 @@ def test_gpu_options_on_the_cpu_get_a_note(tmp_path, capsys):
                             "--precision", "fp16"], capsys)
     assert code == 0, err
     assert "note: --precision fp16 is meant for GPUs: on the CPU it runs slower than fp32, not faster\n" in err
-    assert iio.imread(tmp_path / "half.gif", index=None).shape[0] == 8
+    assert iio.imread(tmp_path / "half.gif", index=None, mode="RGB").shape[0] == 8
     code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "full.gif", *model], capsys)
     assert code == 0 and "meant for GPUs" not in err, err
 

@@ -99,5 +99,5 @@ def test_start_and_duration_columns(tmp_path, capsys):
                       header="source,driving,output,start,duration")
     code, out, err = run_cli(["batch", jobs, *MODEL], capsys)
     assert code == 0, err
-    assert iio.imread(tmp_path / "part.gif", index=None).shape[0] == 4
-    assert iio.imread(tmp_path / "whole.gif", index=None).shape[0] == 8
+    assert iio.imread(tmp_path / "part.gif", index=None, mode="RGB").shape[0] == 4
+    assert iio.imread(tmp_path / "whole.gif", index=None, mode="RGB").shape[0] == 8

@@ -9,13 +9,9 @@ import pytest
 from skimage import color, data
 
 from fom_cli import faces
-from fom_cli.media.images import resize
+from fom_cli.media.images import resize_uint8
 from fom_cli.errors import BadInput
 
-
-def resized(image, size):
-    """uint8 copy of an image at (height, width)."""
-    return np.round(resize(image, size) * 255).astype(np.uint8)
 
 # Where the astronaut's face is in skimage.data.astronaut() (512x512), as a face detector boxes it.
 ASTRONAUT_FACE = (175, 66, 272, 170)
@@ -69,7 +65,7 @@ def test_dlib_accepts_float_and_gray_images(dlib_detector):
 def test_dlib_finds_a_40_pixel_face(dlib_detector):
     """Small frames are enlarged so that faces of ~40 px fill dlib's 80 px window."""
     scale = 0.42  # the astronaut's ~95 px face becomes ~40 px
-    small = resized(data.astronaut(), (round(512 * scale), round(512 * scale)))
+    small = resize_uint8(data.astronaut(), (round(512 * scale), round(512 * scale)))
     found = dlib_detector.detect(small)
     assert found
     expected = tuple(value * scale for value in ASTRONAUT_FACE)
@@ -78,7 +74,7 @@ def test_dlib_finds_a_40_pixel_face(dlib_detector):
 
 def test_boxes_come_back_in_the_pixels_of_a_large_image(dlib_detector):
     """A 1536 px image is detected on a smaller working copy; the box is mapped back to the full size."""
-    large = resized(data.astronaut(), (3 * 512, 3 * 512))
+    large = resize_uint8(data.astronaut(), (3 * 512, 3 * 512))
     found = dlib_detector.detect(large)
     assert found
     expected = tuple(value * 3 for value in ASTRONAUT_FACE)
@@ -91,7 +87,7 @@ def test_no_face_in_a_photo_without_one(dlib_detector):
 
 
 def test_two_faces_are_found_and_ranked_by_size(dlib_detector):
-    small_astronaut = resized(data.astronaut(), (256, 256))
+    small_astronaut = resize_uint8(data.astronaut(), (256, 256))
     canvas = np.full((600, 800, 3), 128, dtype=np.uint8)
     canvas[:, 250:762] = grace_hopper()
     canvas[300:556, 0:256] = small_astronaut
@@ -255,9 +251,9 @@ def test_sfd_detector_runs_with_weights_of_the_right_shape(random_weights_torch_
     assert detector.name == "sfd"
     # Random weights score every box near chance: keep them all, so there are boxes to check.
     detector.network.filter_threshold = 0.0
-    image = resized(data.astronaut(), (96, 96))
+    image = resize_uint8(data.astronaut(), (96, 96))
     found = detector.detect(image, max_side=48)  # a working copy of half the size
-    raw = detector.network.detect_from_image(resized(image, (48, 48)))
+    raw = detector.network.detect_from_image(resize_uint8(image, (48, 48)))
     assert len(found) == len(raw) > 0
     assert all(isinstance(face, faces.Face) and np.isfinite(face.box).all() for face in found)
     # Boxes come back in the image's pixels: twice those found on the working copy.
@@ -271,6 +267,6 @@ def test_landmark_model_runs_with_weights_of_the_right_shape(random_weights_torc
     model = faces.landmark_model(device="cpu")
     assert model is not None
     model.detector.network.filter_threshold = 0.0  # random weights: keep every box, so a face is "found"
-    points = model.landmarks(resized(data.astronaut(), (64, 64)))
+    points = model.landmarks(resize_uint8(data.astronaut(), (64, 64)))
     assert points is not None and points.shape == (68, 2) and points.dtype == np.float32
     assert np.isfinite(points).all()

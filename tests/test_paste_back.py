@@ -130,6 +130,36 @@ def test_paste_back_keeps_the_photo_and_animates_the_face(scenes, tmp_path, caps
     assert np.abs(inside[1:] - inside[:1]).mean(axis=(1, 2, 3)).max() > 1.0
 
 
+def test_the_bundled_model_animates_a_cartoon_placed_in_a_larger_scene(tmp_path, capsys):
+    """No --checkpoint: the bundled toon model, on a cartoon face (a sample it never trained on) pasted
+    into a wider scene, driven by the talking sample."""
+    from fom_cli import samples
+
+    toon = iio.imread(Path(samples.__file__).parent / "toon-2.png")[..., :3]
+    scene = background(480, 720)
+    top, left = 100, 260
+    scene[top:top + 256, left:left + 256] = toon
+    iio.imwrite(tmp_path / "scene.png", scene)
+    driving = Path(samples.__file__).parent / "drive-talk.mp4"
+    code, _, err = run_cli(["animate", tmp_path / "scene.png", driving, "-o", tmp_path / "out/", "--paste-back",
+                            "--duration", "1", "--quiet"], capsys)
+    assert code == 0, err
+    frames = read_frames(tmp_path / "out")
+    assert frames.shape == (25,) + scene.shape
+    # Only the window around the cartoon's face changed (dlib finds it in the toon at about
+    # (58, 70, 187, 199); the window grows that by 10% a side).
+    box = changed_box(frames, scene)
+    assert box is not None
+    assert left + 40 <= box[0] and box[2] <= left + 205 and top + 50 <= box[1] and box[3] <= top + 220
+    assert box[2] - box[0] > 100 and box[3] - box[1] > 100
+    # Relative motion: the first frame reproduces the photo's face; later ones move away from it.
+    inside = frames[:, box[1]:box[3], box[0]:box[2]].astype(np.float32)
+    photo_face = scene[box[1]:box[3], box[0]:box[2]].astype(np.float32)
+    distance = np.abs(inside - photo_face[None]).mean(axis=(1, 2, 3))
+    assert distance[0] < 5.0
+    assert distance.max() > 2 * distance[0] + 5.0
+
+
 def test_all_faces_animates_both_and_max_size_bounds_the_output(scenes, tmp_path, capsys):
     code, _, err = run_cli(["animate", scenes / "two.png", DRIVING_DIR, "-o", tmp_path / "out/", *MODEL,
                             "--paste-back", "--all-faces", "--max-size", "570"], capsys)
@@ -244,6 +274,26 @@ def test_the_driving_window_follows_the_moving_face(moving_face, detector):
         checked += 1
     assert checked > 0.8 * CLIP_FRAMES
     assert windows[-1].left - windows[0].left > 100  # it did travel with the face
+
+
+def test_the_follower_searches_the_whole_frame_only_where_the_face_is_not_near(moving_face, detector):
+    path, _ = moving_face
+    searched = []  # the shape of every image the detector was given
+
+    class Recording:
+        def detect(self, image, max_side=None):
+            searched.append(image.shape[:2])
+            return detector.detect(image, max_side=max_side)
+
+    follower = DrivingFollower(VideoReader(path), Recording(), increase=0.1, size=128)
+    windows = [window for _square, window in follower.crops()]
+    assert len(windows) == CLIP_FRAMES
+    frame_shape = (144, CANVAS_WIDTH)
+    whole, near = searched.count(frame_shape), [shape for shape in searched if shape != frame_shape]
+    # One whole-frame search finds the face; after that it is found near where it was, in a region
+    # smaller than the frame, at every detection (the face is visible throughout).
+    assert whole <= 2 and len(near) >= CLIP_FRAMES // follower.detect_every - 1
+    assert all(shape[1] < CANVAS_WIDTH for shape in near)
 
 
 def test_face_preset_end_to_end(scenes, moving_face, tmp_path, capsys):

@@ -16,11 +16,10 @@ from fom_cli.config import load_config
 from fom_cli.errors import FomError
 from fom_cli.media.video_in import probe
 from fom_cli.models.tpsmm import build_tpsmm_networks
+from test_tpsmm_parity import FRAME_TOLERANCE, frame_tolerance
 
 TPSMM_PARITY = FIXTURES / "tpsmm-parity"
 SMALL_CONFIG = TPSMM_PARITY / "small.yaml"
-# Whole frames against the reference machine's: see FRAME_TOLERANCE in test_tpsmm_parity.py.
-FRAME_TOLERANCE = 1e-4
 # fom's mode names -> the original demo's (whose arrays small.npz holds).
 ORIGINAL_MODE = {"relative": "relative", "absolute": "standard", "avd": "avd"}
 
@@ -64,6 +63,16 @@ def max_difference(ours, theirs):
     return float(np.abs(ours - theirs).max())
 
 
+def test_driving_keypoints_found_once_serve_every_source(networks, reference):
+    driving = reference["driving"]
+    shared = animator(networks, reference["source"], "relative").keypoints(driving)
+    flipped = np.ascontiguousarray(reference["source"][:, ::-1])
+    alone, given = animator(networks, flipped, "relative"), animator(networks, flipped, "relative")
+    expected = alone.animate(driving)
+    assert np.array_equal(given.animate(driving, shared), expected)
+    assert not np.allclose(given.animate(driving, alone.keypoints(np.ascontiguousarray(driving[::-1]))), expected)
+
+
 @pytest.mark.parametrize("mode", ["relative", "absolute"])
 def test_batches_of_driving_frames_reproduce_the_original_predictions(networks, reference, mode):
     """Source side once, driving frames in batches of 3, 3 and 2: the original's frames within 1e-4."""
@@ -84,7 +93,7 @@ def test_avd_mode_reproduces_the_original_predictions(networks, reference):
     on its keypoints."""
     tps = animator(networks, reference["source"], "avd")
     frames = tps.animate_all(reference["driving"], batch_size=1)
-    assert max_difference(frames, reference["avd_prediction"]) <= FRAME_TOLERANCE
+    assert max_difference(frames, reference["avd_prediction"]) <= frame_tolerance("avd")
     tps.animate(reference["driving"])
     assert max_difference(tps.last_keypoints["moved"], reference["avd_kp_norm"]) <= 1e-6
 

@@ -32,6 +32,18 @@ TOLERANCE = 1e-5
 # sharp edges turn a flow difference d into a colour difference of up to 64 d (128 px span 2 units), and
 # this random-weight model is very sensitive (1e-7 of noise on the AVD keypoints moves its frames by 3e-4).
 FRAME_TOLERANCE = 1e-4
+# torch before 2.5 (the declared floor, 2.4, which .ci/minimums tests) rounds these CPU convolutions
+# differently again: there the original code computes exactly what fom's networks compute (checked on
+# frame 3: every intermediate equal, bit for bit), and both differ from the reference by up to 1.1e-5
+# (contribution maps), 4.6e-5 (the warped source image, sharp-edged) and, through the sensitivity above,
+# 1.6e-4 in AVD frames.
+OLDER_TORCH = tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 5)
+if OLDER_TORCH:
+    TOLERANCE = 5e-5
+
+
+def frame_tolerance(mode):
+    return 3e-4 if OLDER_TORCH and mode == "avd" else FRAME_TOLERANCE
 
 
 def load_networks():
@@ -131,7 +143,7 @@ def original_animation(networks, source, driving, mode):
 def test_predictions_in_every_mode(model, mode):
     networks, data, source, driving = model
     frames = original_animation(networks, source, driving, mode)
-    assert_close(frames, data[f"{mode}_prediction"], tolerance=FRAME_TOLERANCE, what=mode)
+    assert_close(frames, data[f"{mode}_prediction"], tolerance=frame_tolerance(mode), what=mode)
 
 
 def test_the_source_side_once_then_decode_is_forward(model):
@@ -161,7 +173,7 @@ def test_frames_decoded_in_batches_from_one_source_encoding(model, mode):
     source_features = inpainting.encode_source(source)
     frames = [inpainting.decode(source_features, dense_motion.motion(motion_source, kp_moved[start:start + 3]))
               ["prediction"] for start in range(0, len(kp_moved), 3)]
-    assert_close(torch.cat(frames).permute(0, 2, 3, 1), data[f"{mode}_prediction"], tolerance=FRAME_TOLERANCE,
+    assert_close(torch.cat(frames).permute(0, 2, 3, 1), data[f"{mode}_prediction"], tolerance=frame_tolerance(mode),
                  what=mode)
 
 

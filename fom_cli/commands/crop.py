@@ -44,7 +44,7 @@ from fom_cli.compositing import cut, square_window
 from fom_cli.errors import BadInput, BadOutput
 from fom_cli.face_tracks import MAX_MISSING_SECONDS, clip_for_tube, link_tubes
 from fom_cli.media.files import remove_directories
-from fom_cli.media.images import IMAGE_EXTENSIONS, read_image, resize, to_uint8, write_image
+from fom_cli.media.images import IMAGE_EXTENSIONS, read_image, resize_uint8, write_image
 from fom_cli.media.video_in import VideoReader
 from fom_cli.media.video_out import VideoWriter
 from fom_cli.options import add_device, add_quiet, fraction, non_negative_float, positive_int
@@ -367,7 +367,7 @@ def as_shown_face(face, stored_size, shown_size):
 def as_shown(frames, shown_size):
     """The frames resized to their display shape (they pass unchanged when their pixels are square)."""
     for frame in frames:
-        yield frame if frame.shape[:2] == shown_size else to_uint8(resize(frame, shown_size))
+        yield frame if frame.shape[:2] == shown_size else resize_uint8(frame, shown_size)
 
 
 def write_clips(input_path, output_dir, reader, clips, args):
