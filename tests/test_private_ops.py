@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, run_cli
-from fom_cli.models import inference
-from fom_cli.models.inference import Conv, Int8SplitConv
+from fom_cli.models import inference, private_ops
+from fom_cli.models.private_ops import Conv, Int8SplitConv
 
 SOURCE = PARITY / "small-source.png"
 DRIVING_DIR = PARITY / "small-driving"
 MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--quiet"]
-int8_ops = pytest.mark.skipif(not (inference._cpu_prepack_available() and hasattr(torch.ops.onednn, "qconv_prepack")),
+int8_ops = pytest.mark.skipif(not (private_ops.cpu_prepack_available() and hasattr(torch.ops.onednn, "qconv_prepack")),
                               reason="this torch has no oneDNN int8 convolution")
 
 
@@ -35,13 +35,13 @@ def animate_frames(tmp_path, capsys):
 
 @pytest.fixture
 def fresh_notes(monkeypatch):
-    monkeypatch.setattr(inference, "_notes_given", set())
+    monkeypatch.setattr(private_ops, "_notes_given", set())
 
 
 @pytest.fixture
 def int8_split_everywhere(monkeypatch):
     """The int8 split in every residual block, as on a CPU with AMX (the small model's are narrow)."""
-    monkeypatch.setattr(inference, "_amx_int8_available", lambda: True)
+    monkeypatch.setattr(inference, "amx_int8_available", lambda: True)
     monkeypatch.setattr(inference, "INT8_SPLIT_MIN_FAN_IN", 0)
 
 
@@ -76,7 +76,7 @@ def int8_split_runs():
 
 @pytest.mark.parametrize("op", ["weight reorder fails", "fused convolution fails", "fused convolution is off"])
 def test_animation_works_when_a_prepacking_op_breaks(tmp_path, capsys, monkeypatch, fresh_notes, op):
-    if not inference._cpu_prepack_available():
+    if not private_ops.cpu_prepack_available():
         pytest.skip("this torch has no oneDNN")
     if op == "weight reorder fails":
         monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", fails)
@@ -151,3 +151,16 @@ def test_the_opt_out_uses_no_private_op(tmp_path, capsys, monkeypatch, fresh_not
     convolutions = [module for network in (kp_detector, generator) for module in network.modules()
                     if isinstance(module, Conv)]
     assert convolutions and all(module.packed is None for module in convolutions)
+
+
+def test_the_opt_out_keeps_a_convolution_plain_whoever_prepacks_it(monkeypatch):
+    """FOM_NO_PRIVATE_OPS=1 is honoured by Conv.prepack itself, so TPSMM's rewrites (which prepack
+    their own choice of convolutions) leave the private ops out too."""
+    conv = Conv.like(torch.nn.Conv2d(8, 8, 3, padding=1))
+    monkeypatch.setenv("FOM_NO_PRIVATE_OPS", "1")
+    conv.prepack()
+    assert conv.packed is None
+    if private_ops.cpu_prepack_available():
+        monkeypatch.delenv("FOM_NO_PRIVATE_OPS")
+        conv.prepack()
+        assert conv.packed is not None

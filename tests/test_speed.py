@@ -15,8 +15,8 @@ from fom_cli.animation import Animator
 from fom_cli.commands.bench import pipeline_animation, random_networks, straightforward_animation, synthetic_frames
 from fom_cli.config import load_config
 from fom_cli.models.blocks import AntiAliasInterpolation2d
-from fom_cli.models.inference import (Conv, Int8SplitConv, RowsConv, StridedAntiAlias, _amx_int8_available,
-                                      optimize_for_inference)
+from fom_cli.models.inference import RowsConv, StridedAntiAlias, optimize_for_inference
+from fom_cli.models.private_ops import Conv, Int8SplitConv, amx_int8_available
 
 
 @pytest.mark.parametrize("prepack", [False, True], ids=["rewrites", "rewrites-prepacked"])
@@ -51,7 +51,7 @@ def test_rows_convolution_and_prepacked_weights_compute_the_same_function():
 
 # The split is exact only where oneDNN runs its int8 products on AMX tiles, which is also the only place
 # the pipeline uses it; elsewhere (AVX-512 VNNI here) oneDNN's int8 kernels lose precision.
-@pytest.mark.skipif(not _amx_int8_available(), reason="needs oneDNN's int8 convolution on AMX tiles")
+@pytest.mark.skipif(not amx_int8_available(), reason="needs oneDNN's int8 convolution on AMX tiles")
 def test_int8_split_convolution_matches_float32_against_float64():
     torch.manual_seed(0)
     # (in, out, kernel, padding, relu, signed input, batch, size): the bottleneck's shape, a sub-pixel
@@ -79,7 +79,7 @@ def test_int8_split_convolution_matches_float32_against_float64():
                 assert (split(x).float() - float32).abs().max() <= 0.05 * float32.abs().max()
 
 
-@pytest.mark.skipif(not _amx_int8_available(), reason="the int8 split is used on CPUs with AMX int8 only")
+@pytest.mark.skipif(not amx_int8_available(), reason="the int8 split is used on CPUs with AMX int8 only")
 def test_prepacked_generator_uses_the_int8_split_where_it_pays():
     def split_blocks(config):
         _, generator = random_networks(load_config(config), seed=0)

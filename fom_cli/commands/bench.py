@@ -37,7 +37,8 @@ from fom_cli.errors import FomError
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.media.images import write_image
 from fom_cli.media.video_in import probe
-from fom_cli.models.inference import Int8SplitConv, optimize_for_inference
+from fom_cli.models.inference import optimize_for_inference
+from fom_cli.models.private_ops import Int8SplitConv
 from fom_cli.options import add_batch_size, add_config, add_device, add_precision, add_quiet, positive_int
 from fom_cli.pipeline import animate_pair
 

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fom_cli.models.blocks import AntiAliasInterpolation2d, ResBlock2d, UpBlock2d
-from fom_cli.models.inference import (ROWS_CONV_MAX_CHANNELS, Conv, RowsConv, StridedAntiAlias, SubpixelConv,
-                                      _cpu_prepack_available)
+from fom_cli.models.inference import ROWS_CONV_MAX_CHANNELS, RowsConv, StridedAntiAlias, SubpixelConv
+from fom_cli.models.private_ops import Conv, cpu_prepack_available
 
 
 # Weights (elements) from which a convolution's weights are prepacked: 512 x 512 x 2 x 2 and larger.
@@ -141,7 +141,7 @@ def optimize_tps_for_inference(network, channels_last=None, inplace=False, prepa
         channels_last = not on_cpu
     with torch.no_grad():
         _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format, on_cpu)
-        if prepack and on_cpu and _cpu_prepack_available():
+        if prepack and on_cpu and cpu_prepack_available():
             for module in network.modules():
                 if isinstance(module, Conv) and module.weight.numel() >= PREPACK_MIN_WEIGHTS:
                     module.prepack()
