@@ -130,7 +130,8 @@ def pipeline_animation(animator, driving, batch_size):
 def race(pipeline, straightforward, args, device, report):
     """Time the two paths taking turns, `--repeats` times each, so that a slow spell of the machine (other
     processes, clock changes) hits both; each path's fastest run is its speed, as timeit reports. Adds the
-    pipeline's frames/s to `report`; returns (pipeline output, straightforward output, seconds per path)."""
+    pipeline's frames/s to `report` and, unless --no-baseline, the straightforward path's, their ratio and
+    the largest difference between the two paths' frames."""
     seconds = {"pipeline": [], "straightforward": []}
     slow = None
     for _ in range(args.repeats):
@@ -142,7 +143,12 @@ def race(pipeline, straightforward, args, device, report):
     report["repeats"] = args.repeats
     report["pipeline_fps"] = args.frames / min(seconds["pipeline"])
     report["pipeline_fps_median"] = args.frames / float(np.median(seconds["pipeline"]))
-    return fast, slow, seconds
+    if not args.no_baseline:
+        report["straightforward_fps"] = args.frames / min(seconds["straightforward"])
+        report["straightforward_fps_median"] = args.frames / float(np.median(seconds["straightforward"]))
+        report["speedup"] = report["pipeline_fps"] / report["straightforward_fps"]
+        report["speedup_median"] = report["pipeline_fps_median"] / report["straightforward_fps_median"]
+        report["max_abs_difference"] = float(np.abs(fast - slow).max())
 
 
 def timed(function, device):
@@ -224,9 +230,9 @@ def bench_pipeline(args, config, device):
     if not args.no_baseline:
         straightforward_animation(kp_detector, generator, source, driving[:1], device)  # warm-up
 
-    fast, slow, seconds = race(lambda: pipeline_animation(animator, driving, batch_size),
-                               lambda: straightforward_animation(kp_detector, generator, source, driving, device),
-                               args, device, report)
+    race(lambda: pipeline_animation(animator, driving, batch_size),
+         lambda: straightforward_animation(kp_detector, generator, source, driving, device),
+         args, device, report)
     # FLOPs are counted on the same rewrites without oneDNN prepacking, whose fused ops the counter cannot see.
     counted = Animator(optimize_for_inference(kp_detector), optimize_for_inference(generator), source,
                        precision=args.precision)
@@ -235,11 +241,6 @@ def bench_pipeline(args, config, device):
     del counted
 
     if not args.no_baseline:
-        report["straightforward_fps"] = args.frames / min(seconds["straightforward"])
-        report["straightforward_fps_median"] = args.frames / float(np.median(seconds["straightforward"]))
-        report["speedup"] = report["pipeline_fps"] / report["straightforward_fps"]
-        report["speedup_median"] = report["pipeline_fps_median"] / report["straightforward_fps_median"]
-        report["max_abs_difference"] = float(np.abs(fast - slow).max())
         report["gflop_per_frame"] = gflop_per_frame(kp_detector, generator, source, driving[0], device)
 
     report["conv_gflops_per_s"] = conv_throughput_gflops(device, dtype=AUTOCAST_DTYPES[args.precision])
@@ -329,9 +330,9 @@ def bench_tpsmm_pipeline(args, config, device):
     if not args.no_baseline:
         straightforward_tps_animation(kp_detector, model, source, driving[:1], device)  # warm-up
 
-    fast, slow, seconds = race(lambda: pipeline_animation(animator, driving, batch_size),
-                               lambda: straightforward_tps_animation(kp_detector, model, source, driving, device),
-                               args, device, report)
+    race(lambda: pipeline_animation(animator, driving, batch_size),
+         lambda: straightforward_tps_animation(kp_detector, model, source, driving, device),
+         args, device, report)
     # FLOPs are counted on the same rewrites without oneDNN prepacking, whose fused ops the counter cannot see.
     counted_kp, counted_model = copy.deepcopy(kp_detector), copy.deepcopy(model)
     optimize_tps_networks(counted_kp, counted_model)
@@ -340,11 +341,6 @@ def bench_tpsmm_pipeline(args, config, device):
     report["pipeline_gflop_per_frame"] = pipeline_gflop_per_frame(counted, driving[0])
     del counted, counted_kp, counted_model
     if not args.no_baseline:
-        report["straightforward_fps"] = args.frames / min(seconds["straightforward"])
-        report["straightforward_fps_median"] = args.frames / float(np.median(seconds["straightforward"]))
-        report["speedup"] = report["pipeline_fps"] / report["straightforward_fps"]
-        report["speedup_median"] = report["pipeline_fps_median"] / report["straightforward_fps_median"]
-        report["max_abs_difference"] = float(np.abs(fast - slow).max())
         report["gflop_per_frame"] = tps_gflop_per_frame(kp_detector, model, source, driving[0], device)
     report["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":
