@@ -147,7 +147,6 @@ def animate_faces(model, source_path, driving_path, output, args):
     first, stop = frame_range(reader, args.start, args.duration)
     detector = make_detector(settings.detector, weights=settings.detector_weights, device=args.device)
     compositing, networks = Timer(), Timer()
-    follower = None
 
     image = read_image(source_path)
     if settings.crop_source:
@@ -157,15 +156,16 @@ def animate_faces(model, source_path, driving_path, output, args):
         photo = None
         faces = [SourceFace(window=None, square=fit_frame(image, (size, size), args.fit))]
 
+    follower = None
     if settings.crop_driving:
         follower = DrivingFollower(reader, detector, settings.increase, size)
         follower.find_face(first, stop)  # a driving video without a face stops here, before anything is written
 
-        def driving_frames(start, end):
+    def driving_frames(start, end):
+        """The model-size driving squares of frames start to end."""
+        if follower is not None:
             return (crop for crop, _window in follower.crops(start, end))
-    else:
-        def driving_frames(start, end):
-            return (fit_frame(frame, (size, size), args.fit) for frame in reader.frames(start, end))
+        return (fit_frame(frame, (size, size), args.fit) for frame in reader.frames(start, end))
 
     for face in faces:
         face.animator = animator_class(generator)(kp_detector, generator, face.square, mode=args.mode,
@@ -203,15 +203,8 @@ def animate_faces(model, source_path, driving_path, output, args):
                 predictions = [face.animator.animate(driving, kp_driving) for face in faces]
             for i in range(len(batch)):
                 with compositing:
-                    frame = None
-                    if settings.paste_back:
-                        frame = photo.copy()
-                        for face, prediction in zip(faces, predictions):
-                            paste_back(photo, prediction[i], face.window, face.mask, out=frame)
-                    if args.side_by_side:
-                        frame = panels(faces, batch[i], predictions, i, frame, side_by_side)
-                    elif frame is None:
-                        frame = predictions[0][i]
+                    frame = output_frame(faces, predictions, i, batch[i], photo if settings.paste_back else None,
+                                         args.side_by_side)
                 writer.write(frame)
             progress.update(len(batch))
     shortfall = reader.shortfall()
@@ -220,6 +213,19 @@ def animate_faces(model, source_path, driving_path, output, args):
     args.face_seconds = {"compositing": compositing.seconds, "networks": networks.seconds,
                          "driving_crop": follower.seconds if follower is not None else 0.0}
     return output
+
+
+def output_frame(faces, predictions, i, driving, photo, show_panels):
+    """Frame i of the output: every face's prediction pasted back into the photo (when one is given), or
+    the first face's prediction alone; with show_panels (--side-by-side) the model's view below it."""
+    frame = None
+    if photo is not None:
+        frame = photo.copy()
+        for face, prediction in zip(faces, predictions):
+            paste_back(photo, prediction[i], face.window, face.mask, out=frame)
+    if show_panels:
+        return panels(faces, driving, predictions, i, frame, side_by_side)
+    return frame if frame is not None else predictions[0][i]
 
 
 def panels(faces, driving, predictions, i, pasted, side_by_side):
