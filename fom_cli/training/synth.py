@@ -242,25 +242,14 @@ def _paint(image, coverage, colour, opacity=1.0):
 
 
 def render_frame(identity, motion, t, size):
-    """Draw frame t of `motion` performed by `identity`: a (size, size, 3) uint8 RGB image."""
-    face = identity
+    """Draw frame t of `motion` performed by `identity`: a (size, size, 3) uint8 RGB image.
+
+    Painted back to front: the background, the body (which follows the head's translation only), then
+    the head and its features, drawn in the face's own frame."""
     pixel_x, pixel_y = _pixel_centres(size)
-
-    # Background: a gradient that stays put while the head moves over it.
-    direction = np.cos(face.background_angle) * pixel_x + np.sin(face.background_angle) * pixel_y
-    ramp = np.clip(0.5 + 0.5 * direction, 0.0, 1.0)[..., None]
-    top = np.asarray(face.background_top, dtype=np.float32)
-    image = top + ramp * (np.asarray(face.background_bottom, dtype=np.float32) - top)
-
-    # Shoulders and neck sit below the head and follow its translation, but neither turn nor zoom with it.
-    # They are drawn in image coordinates, where a pixel is 2 / size wide.
+    image = _background(identity, pixel_x, pixel_y)
     head_x, head_y = float(motion.translation[t, 0]), float(motion.translation[t, 1])
-    shoulders = _ellipse(pixel_x, pixel_y, 0.5 * head_x, 0.5 * head_y + face.head_height * 2.1,
-                         face.head_width * 2.0, face.head_height * 1.1, 2.0 / size)
-    _paint(image, shoulders, face.shirt)
-    neck = _ellipse(pixel_x, pixel_y, head_x, head_y + face.head_height * 0.95, face.head_width * 0.42,
-                    face.head_height * 0.6, 2.0 / size)
-    _paint(image, neck, np.array(face.skin) * 0.8)
+    _draw_body(image, identity, pixel_x, pixel_y, head_x, head_y, size)
 
     # Move every pixel into the face's own frame (undo the head's translation, rotation and scale), so
     # that features are drawn at fixed places. A pixel there is 2 / size / scale wide.
@@ -271,9 +260,36 @@ def render_frame(identity, motion, t, size):
     x = cos * dx + sin * dy
     y = cos * dy - sin * dx
     pixel = 2.0 / size / scale
+
+    _draw_head(image, identity, x, y, pixel)
+    _draw_eyes(image, identity, motion, t, x, y, pixel)
+    _draw_mouth_and_fringe(image, identity, float(motion.mouth[t]), x, y, pixel)
+    return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def _background(face, pixel_x, pixel_y):
+    """A gradient that stays put while the head moves over it: a new (H, W, 3) float32 image."""
+    direction = np.cos(face.background_angle) * pixel_x + np.sin(face.background_angle) * pixel_y
+    ramp = np.clip(0.5 + 0.5 * direction, 0.0, 1.0)[..., None]
+    top = np.asarray(face.background_top, dtype=np.float32)
+    return top + ramp * (np.asarray(face.background_bottom, dtype=np.float32) - top)
+
+
+def _draw_body(image, face, pixel_x, pixel_y, head_x, head_y, size):
+    """Shoulders and neck sit below the head and follow its translation, but neither turn nor zoom with it.
+    They are drawn in image coordinates, where a pixel is 2 / size wide."""
+    shoulders = _ellipse(pixel_x, pixel_y, 0.5 * head_x, 0.5 * head_y + face.head_height * 2.1,
+                         face.head_width * 2.0, face.head_height * 1.1, 2.0 / size)
+    _paint(image, shoulders, face.shirt)
+    neck = _ellipse(pixel_x, pixel_y, head_x, head_y + face.head_height * 0.95, face.head_width * 0.42,
+                    face.head_height * 0.6, 2.0 / size)
+    _paint(image, neck, np.array(face.skin) * 0.8)
+
+
+def _draw_head(image, face, x, y, pixel):
+    """The hair behind the head, ears, head, cheeks and nose, in the face's frame (x, y)."""
     # The face is symmetric: drawing at |x| puts each paired feature (eyes, ears, brows) on both sides.
     mirrored_x = np.abs(x)
-
     if face.has_hair:   # the part of the hair behind the head
         hair_back = _ellipse(x, y, 0.0, -face.hair_rise, face.hair_width, face.hair_height, pixel)
         _paint(image, hair_back * _above(y, face.hair_bottom, pixel), face.hair)
@@ -287,8 +303,11 @@ def render_frame(identity, motion, t, size):
     _paint(image, _ellipse(x, y, 0.0, face.nose_y, face.nose_width, face.nose_length, pixel),
            np.array(face.skin) * 0.8)
 
-    # Eyes: the white shrinks vertically as the lid closes, and clips the iris and pupil; a dark lash
-    # line fades in so that a shut eye is still a visible line.
+
+def _draw_eyes(image, face, motion, t, x, y, pixel):
+    """Eyes and brows. The white shrinks vertically as the lid closes, and clips the iris and pupil; a
+    dark lash line fades in so that a shut eye is still a visible line."""
+    mirrored_x = np.abs(x)
     blink = float(motion.blink[t])
     white = _ellipse(mirrored_x, y, face.eye_x, face.eye_y, face.eye_width,
                      face.eye_height * max(1.0 - blink, 0.02), pixel)
@@ -312,8 +331,11 @@ def render_frame(identity, motion, t, size):
                      angle=face.brow_tilt)
     _paint(image, brows, brow_colour)
 
-    # Mouth: lips, and the dark inside that appears as they part. Bending y by smile * x^2 curves both.
-    opening = float(motion.mouth[t]) * face.mouth_open_height
+
+def _draw_mouth_and_fringe(image, face, mouth, x, y, pixel):
+    """Mouth: lips, and the dark inside that appears as they part (mouth: 0 shut to 1 open). Bending y by
+    smile * x^2 curves both. Then the fringe, over everything above it."""
+    opening = mouth * face.mouth_open_height
     curved_y = y + np.float32(face.smile) * x * x
     lips = _ellipse(x, curved_y, 0.0, face.mouth_y, face.mouth_width, face.lip_thickness + opening, pixel)
     _paint(image, lips, face.lips)
@@ -325,8 +347,6 @@ def render_frame(identity, motion, t, size):
         top_of_head = _ellipse(x, y, 0.0, 0.0, face.head_width * 1.03, face.head_height * 1.03, pixel)
         fringe_line = np.float32(face.fringe_y) + np.float32(face.fringe_curve) * x * x
         _paint(image, top_of_head * _above(y, fringe_line, pixel), face.hair)
-
-    return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
 def render_video(identity, motion, size):
