@@ -17,7 +17,7 @@ import skimage.transform
 
 from fom_cli.media import video_in
 from fom_cli.errors import BadInput, BadOutput, FomError
-from fom_cli.media.images import aspect_ratio_differs, fit_frame, read_image
+from fom_cli.media.images import aspect_ratio_differs, fit_frame, read_image, resize, resize_uint8, to_uint8
 from fom_cli.media.video_in import VideoReader, prefetch, probe
 from fom_cli.media.video_out import VideoWriter
 
@@ -641,3 +641,19 @@ def test_streaming_many_frames_keeps_the_reader_bounded(tmp_path):
     assert furthest_ahead <= video_in.QUEUE_SIZE + 1
     assert writer.frames_written == 300
     assert probe(tmp_path / "copy.mp4").num_frames == 300
+
+
+def test_the_8_bit_resize_matches_the_float_one_and_takes_read_only_frames_quietly():
+    """resize_uint8 (face crops, detector copies) runs torch's uint8 kernel: within one level of the float
+    resize rounded, shrinking and enlarging; decoded frames are read-only arrays, and torch's warning about
+    them would reach the user's terminal."""
+    import warnings
+
+    frame = skimage.data.astronaut()
+    frame.setflags(write=False)
+    for size in [(200, 180), (700, 640)]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            resized = resize_uint8(frame, size)
+        assert resized.dtype == np.uint8 and resized.shape == size + (3,)
+        assert np.abs(resized.astype(int) - to_uint8(resize(frame, size)).astype(int)).max() <= 1

@@ -8,6 +8,7 @@ frame order of fom, used by animation (frame folders as driving videos) and trai
 
 import os
 import re
+import warnings
 
 import imageio.v3 as iio
 import imageio_ffmpeg
@@ -205,8 +206,11 @@ def resize_uint8(image: np.ndarray, size) -> np.ndarray:
     import torch.nn.functional as F
 
     shrinking = size[0] < image.shape[0] or size[1] < image.shape[1]
-    # A channels-last view of the HxWx3 array: the layout the fast kernel works in, without a copy.
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
+    # A channels-last view of the HxWx3 array: the layout the fast kernel works in, without a copy. Decoded
+    # frames are read-only arrays, which torch warns about (once); the view is only read here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
     resized = F.interpolate(pixels, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False,
                             antialias=shrinking)
     return resized[0].permute(1, 2, 0).contiguous().numpy()
