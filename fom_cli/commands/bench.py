@@ -197,20 +197,26 @@ def conv_throughput_gflops(device, repeats=5, dtype=None):
     return flop / np.median(times) / 1e9
 
 
-def bench_pipeline(args, config, device):
-    if config_family(config) == "tpsmm":
-        return bench_tpsmm_pipeline(args, config, device)
+def bench_setup(args, config, device):
+    """What both families' benches start from: the report's settings, the batch size, and the synthetic
+    source and driving frames."""
     size = (args.size, args.size) if args.size else frame_size(config)
     batch_size = args.batch_size or default_batch_size(device)
-    kp_detector, generator = random_networks(config, args.seed)
-    kp_detector, generator = kp_detector.to(device), generator.to(device)
     frames = synthetic_frames(args.frames + 1, size, args.seed)
-    source, driving = frames[0], frames[1:]
     report = {"config": config["_name"], "device": str(device), "size": list(size), "frames": args.frames,
               "batch_size": batch_size, "precision": args.precision, "compile": args.compile,
               "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         report["device_name"] = torch.cuda.get_device_name(device)
+    return report, batch_size, frames[0], frames[1:]
+
+
+def bench_pipeline(args, config, device):
+    if config_family(config) == "tpsmm":
+        return bench_tpsmm_pipeline(args, config, device)
+    kp_detector, generator = random_networks(config, args.seed)
+    kp_detector, generator = kp_detector.to(device), generator.to(device)
+    report, batch_size, source, driving = bench_setup(args, config, device)
 
     prepack = device.type == "cpu" and args.precision == "fp32" and not args.compile   # as load_model does
     fast_kp = optimize_for_inference(kp_detector, prepack=prepack)
@@ -306,17 +312,10 @@ def bench_tpsmm_pipeline(args, config, device):
     """bench_pipeline for a TPSMM config: the original loop against TpsAnimator."""
     from fom_cli.animation_tpsmm import TpsAnimator, compile_tps_networks, optimize_tps_networks
 
-    size = (args.size, args.size) if args.size else frame_size(config)
-    batch_size = args.batch_size or default_batch_size(device)
     kp_detector, model = random_tps_networks(config, args.seed)
     kp_detector, model = kp_detector.to(device), model.to(device)
-    frames = synthetic_frames(args.frames + 1, size, args.seed)
-    source, driving = frames[0], frames[1:]
-    report = {"config": config["_name"], "family": "tpsmm", "device": str(device), "size": list(size),
-              "frames": args.frames, "batch_size": batch_size, "precision": args.precision, "compile": args.compile,
-              "torch_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        report["device_name"] = torch.cuda.get_device_name(device)
+    report, batch_size, source, driving = bench_setup(args, config, device)
+    report["family"] = "tpsmm"
     fast_kp, fast_model = copy.deepcopy(kp_detector), copy.deepcopy(model)
     prepack = device.type == "cpu" and args.precision == "fp32" and not args.compile   # as load_model does
     optimize_tps_networks(fast_kp, fast_model, prepack=prepack)
