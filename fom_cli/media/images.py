@@ -1,4 +1,4 @@
-"""Pictures in and out, and the one resize of fom.
+"""Pictures in and out, and fom's resize (one filter: float for model inputs, 8-bit for crops).
 
 Images come back as float32 HxWx3 RGB in [0, 1] (`read_image`): grayscale is copied to three channels,
 16-bit pictures keep their precision and transparency is composited over white. `fit_frame` brings any
@@ -171,9 +171,9 @@ def fit_frame(image, size, mode="crop") -> np.ndarray:
 
 
 def resize(image: np.ndarray, size, nearest=False) -> np.ndarray:
-    """Bilinear resize to (height, width), anti-aliased when shrinking; float32 HxWx3 in [0, 1]. The one
-    resize of fom: model inputs, face crops, detector working copies and training frames. `nearest`
-    copies the nearest pixel instead (a training augmentation's option).
+    """Bilinear resize to (height, width), anti-aliased when shrinking; float32 HxWx3 in [0, 1]. For model
+    inputs and training frames (pictures that stay 8-bit go through resize_uint8, the same filter).
+    `nearest` copies the nearest pixel instead (a training augmentation's option).
 
     torch's anti-aliased bilinear filter (a triangle filter widened by the shrink factor, as PIL's):
     within about 1/255 on average of scikit-image's resize that the original demo used, and far faster,
