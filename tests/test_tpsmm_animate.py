@@ -3,14 +3,13 @@
 
 import gzip
 import json
-import shutil
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, make_clip, run_cli
+from conftest import PARITY, TPSMM_PARITY, make_clip, run_cli
 from fom_cli.animation_tpsmm import TpsAnimator, TpsModel
 from fom_cli.config import load_config
 from fom_cli.errors import FomError
@@ -18,7 +17,6 @@ from fom_cli.media.video_in import probe
 from fom_cli.models.tpsmm import build_tpsmm_networks
 from test_tpsmm_parity import FRAME_TOLERANCE, frame_tolerance
 
-TPSMM_PARITY = FIXTURES / "tpsmm-parity"
 SMALL_CONFIG = TPSMM_PARITY / "small.yaml"
 # fom's mode names -> the original demo's (whose arrays small.npz holds).
 ORIGINAL_MODE = {"relative": "relative", "absolute": "standard", "avd": "avd"}
@@ -42,14 +40,6 @@ def networks():
     torch.set_num_threads(1)
     yield networks
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def small_checkpoint(tmp_path):
-    path = tmp_path / "small.pth.tar"
-    with gzip.open(TPSMM_PARITY / "small.pth.tar.gz") as packed, open(path, "wb") as file:
-        shutil.copyfileobj(packed, file)
-    return path
 
 
 def animator(networks, source, mode, avd=True):
@@ -139,9 +129,9 @@ def read_png_frames(directory):
 
 
 @pytest.mark.parametrize("mode", ["relative", "absolute", "avd"])
-def test_animate_writes_the_original_predictions(tmp_path, capsys, small_checkpoint, inputs, reference, mode):
+def test_animate_writes_the_original_predictions(tmp_path, capsys, small_tpsmm_checkpoint, inputs, reference, mode):
     source, driving = inputs
-    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out/", "--checkpoint", small_checkpoint,
+    code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out/", "--checkpoint", small_tpsmm_checkpoint,
                             "--config", SMALL_CONFIG, "--mode", mode, "--batch-size", "4", "--quiet"], capsys)
     assert code == 0, err
     frames = read_png_frames(tmp_path / "out")
@@ -150,10 +140,10 @@ def test_animate_writes_the_original_predictions(tmp_path, capsys, small_checkpo
 
 
 def test_an_mp4_with_sound_keeps_its_frames_and_audio_and_side_by_side_draws_the_keypoints(
-        tmp_path, capsys, small_checkpoint, inputs, reference):
+        tmp_path, capsys, small_tpsmm_checkpoint, inputs, reference):
     source, _ = inputs
     clip = make_clip(tmp_path / "drive.mp4", to_uint8(np.concatenate([reference["driving"]] * 3)), fps=12)
-    model = ["--checkpoint", small_checkpoint, "--config", SMALL_CONFIG, "--quiet"]
+    model = ["--checkpoint", small_tpsmm_checkpoint, "--config", SMALL_CONFIG, "--quiet"]
     code, _, err = run_cli(["animate", source, clip, "-o", tmp_path / "out.mp4", *model], capsys)
     assert code == 0, err
     info = probe(tmp_path / "out.mp4")
@@ -170,13 +160,13 @@ def test_an_mp4_with_sound_keeps_its_frames_and_audio_and_side_by_side_draws_the
     assert 0.8 < untouched.mean() < 1
 
 
-def test_avd_needs_a_tpsmm_checkpoint_with_its_avd_network(tmp_path, capsys, small_checkpoint, inputs):
+def test_avd_needs_a_tpsmm_checkpoint_with_its_avd_network(tmp_path, capsys, small_tpsmm_checkpoint, inputs):
     source, driving = inputs
     code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out.mp4", "--checkpoint",
-                            FIXTURES / "fomm-parity" / "small.pth.tar", "--config",
-                            FIXTURES / "fomm-parity" / "small.yaml", "--mode", "avd"], capsys)
+                            PARITY / "small.pth.tar", "--config",
+                            PARITY / "small.yaml", "--mode", "avd"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Thin-Plate Spline" in err
-    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    checkpoint = torch.load(small_tpsmm_checkpoint, weights_only=True)
     del checkpoint["avd_network"]
     torch.save(checkpoint, tmp_path / "no-avd.pth.tar")
     code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out.mp4", "--checkpoint",

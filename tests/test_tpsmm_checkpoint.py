@@ -1,28 +1,14 @@
 """TPSMM checkpoints: recognised by their keys, read safely, and matched to one of the four original configs
 (whose networks are identical but for the background predictor, so the file name decides the rest)."""
 
-import gzip
-import shutil
-
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import TPSMM_PARITY
 from fom_cli.checkpoint import checkpoint_family, infer_config, read_checkpoint
 from fom_cli.config import frame_size, load_config
 from fom_cli.errors import BadCheckpoint
 from fom_cli.models.tpsmm import build_tpsmm_networks
-
-TPSMM_PARITY = FIXTURES / "tpsmm-parity"
-
-
-@pytest.fixture
-def small_checkpoint(tmp_path):
-    """The fixture's original-format TPSMM checkpoint, ungzipped."""
-    path = tmp_path / "small.pth.tar"
-    with gzip.open(TPSMM_PARITY / "small.pth.tar.gz") as packed, open(path, "wb") as file:
-        shutil.copyfileobj(packed, file)
-    return path
 
 
 def released_like(config_name, background=None):
@@ -37,8 +23,8 @@ def released_like(config_name, background=None):
     return checkpoint
 
 
-def test_the_fixture_is_read_as_a_tpsmm_checkpoint_with_module_prefixes_stripped(small_checkpoint, tmp_path):
-    checkpoint = read_checkpoint(small_checkpoint)
+def test_the_fixture_is_read_as_a_tpsmm_checkpoint_with_module_prefixes_stripped(small_tpsmm_checkpoint, tmp_path):
+    checkpoint = read_checkpoint(small_tpsmm_checkpoint)
     assert checkpoint_family(checkpoint) == "tpsmm"
     assert {"inpainting_network", "dense_motion_network", "kp_detector", "avd_network", "optimizer"} <= set(checkpoint)
     assert checkpoint["epoch"] == 99
@@ -85,23 +71,23 @@ def test_no_background_predictor_means_mgif_whatever_the_name():
     assert config["_name"] == "tpsmm-mgif-256"
 
 
-def test_a_tpsmm_checkpoint_matching_no_bundled_config_names_the_closest(small_checkpoint):
+def test_a_tpsmm_checkpoint_matching_no_bundled_config_names_the_closest(small_tpsmm_checkpoint):
     with pytest.raises(BadCheckpoint) as error:
-        infer_config(read_checkpoint(small_checkpoint), small_checkpoint)
+        infer_config(read_checkpoint(small_tpsmm_checkpoint), small_tpsmm_checkpoint)
     message = str(error.value)
     assert "TPSMM" in message and "closest: tpsmm-" in message and "--config" in message
 
 
-def test_export_keeps_the_networks_that_animate_and_the_config(small_checkpoint, tmp_path, capsys):
+def test_export_keeps_the_networks_that_animate_and_the_config(small_tpsmm_checkpoint, tmp_path, capsys):
     from conftest import run_cli
     from fom_cli.animation import load_model
     from fom_cli.animation_tpsmm import TpsModel
 
     slim = tmp_path / "slim.pth"
-    code, _, err = run_cli(["export", small_checkpoint, "-o", slim, "--config", TPSMM_PARITY / "small.yaml"], capsys)
+    code, _, err = run_cli(["export", small_tpsmm_checkpoint, "-o", slim, "--config", TPSMM_PARITY / "small.yaml"], capsys)
     assert code == 0, err
     assert "inpainting_network, dense_motion_network, kp_detector, avd_network" in err
-    exported, original = read_checkpoint(slim), read_checkpoint(small_checkpoint)
+    exported, original = read_checkpoint(slim), read_checkpoint(small_tpsmm_checkpoint)
     assert set(exported) == {"inpainting_network", "dense_motion_network", "kp_detector", "avd_network", "config",
                              "fom", "epoch"}
     for network in ("inpainting_network", "dense_motion_network", "kp_detector", "avd_network"):
