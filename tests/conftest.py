@@ -99,3 +99,11 @@ def small_tpsmm_checkpoint(tmp_path):
     with gzip.open(TPSMM_PARITY / "small.pth.tar.gz") as packed, open(path, "wb") as file:
         shutil.copyfileobj(packed, file)
     return path
+
+
+def assert_within(ours, theirs, tolerance, what=""):
+    """Parity: a tensor or array of ours has the reference's shape and is within tolerance of it (max abs)."""
+    ours = ours.detach().cpu().numpy() if torch.is_tensor(ours) else np.asarray(ours)
+    assert ours.shape == theirs.shape, what
+    difference = np.abs(ours - theirs).max()
+    assert difference <= tolerance, f"{what}: max abs difference {difference:.3g} > {tolerance}"

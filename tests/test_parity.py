@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_CHECKPOINT, SMALL_CONFIG
+from conftest import SMALL_CHECKPOINT, SMALL_CONFIG, assert_within
 from fom_cli.animation import Animator, load_model, movement_scale, relative_motion
 from fom_cli.checkpoint import load_state, read_checkpoint
 from fom_cli.config import load_config
@@ -42,10 +42,7 @@ def fixture_kp(data, prefix, index=None):
 
 
 def assert_close(ours, theirs, tolerance=TOLERANCE, what=""):
-    ours = ours.detach().cpu().numpy() if torch.is_tensor(ours) else np.asarray(ours)
-    assert ours.shape == theirs.shape, what
-    difference = np.abs(ours - theirs).max()
-    assert difference <= tolerance, f"{what}: max abs difference {difference:.3g} > {tolerance}"
+    assert_within(ours, theirs, tolerance, what)
 
 
 def test_keypoints_of_source_and_driving_frames(model):

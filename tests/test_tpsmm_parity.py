@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, assert_within
 from fom_cli.config import load_config
 from fom_cli.models.tpsmm import (ANIMATION_MODES, BgMotionPredictor, animation_keypoints, build_tpsmm_networks,
                                   movement_scale)
@@ -78,10 +78,7 @@ def no_autograd():
 
 
 def assert_close(ours, theirs, tolerance=TOLERANCE, what=""):
-    ours = ours.detach().cpu().numpy() if torch.is_tensor(ours) else np.asarray(ours)
-    assert ours.shape == theirs.shape, what
-    difference = np.abs(ours - theirs).max()
-    assert difference <= tolerance, f"{what}: max abs difference {difference:.3g} > {tolerance}"
+    assert_within(ours, theirs, tolerance, what)
 
 
 def test_keypoints_of_source_and_driving_frames(model):
