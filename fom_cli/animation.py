@@ -23,6 +23,7 @@ from fom_cli.checkpoint import checkpoint_family, infer_config, load_state, read
 from fom_cli.config import config_family, config_name
 from fom_cli.errors import BadCheckpoint, FomError
 from fom_cli.models import build_generator, build_keypoint_detector
+from fom_cli.models.blocks import full_precision
 from fom_cli.models.inference import optimize_for_inference
 
 
@@ -69,7 +70,7 @@ def relative_motion(kp_source, kp_driving, kp_driving_initial, scale=1.0, use_re
     without jacobians (zero-order), only the values move. Always float32, also under autocast: GPUs have
     no half-precision matrix inverse.
     """
-    kp_source, kp_driving, kp_driving_initial = ({key: value.float() for key, value in kp.items()}
+    kp_source, kp_driving, kp_driving_initial = ({key: full_precision(value) for key, value in kp.items()}
                                                  for kp in (kp_source, kp_driving, kp_driving_initial))
     with torch.autocast(kp_driving["value"].device.type, enabled=False):
         value = (kp_driving["value"] - kp_driving_initial["value"]) * scale + kp_source["value"]

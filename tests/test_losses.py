@@ -68,7 +68,11 @@ def test_seeded_transform_draws_what_the_original_draws_after_manual_seed(refere
     transform = RandomTransform(1, sigma_affine=0.05, sigma_tps=0.005, points_tps=5,
                                 generator=torch.Generator().manual_seed(7))
     assert torch.equal(transform.theta, torch.tensor(data["transform_theta"]))
-    assert torch.equal(transform.control_params, torch.tensor(data["transform_control_params"]))
+    # torch draws 16 or more normal numbers with a vectorised Box-Muller transform where the CPU has AVX2
+    # or AVX-512 and a scalar one elsewhere (ATEN_CPU_CAPABILITY=default): the same numbers to the last
+    # bit or two.
+    params, expected = transform.control_params, torch.tensor(data["transform_control_params"])
+    assert (params - expected).abs().max() <= 4 * torch.finfo(torch.float32).eps * expected.abs().max()
     assert torch.equal(transform.control_points, torch.tensor(data["transform_control_points"]).view(1, -1, 2))
 
 

@@ -27,6 +27,12 @@ def make_coordinate_grid(height, width, device=None, dtype=torch.float32):
     return torch.stack([x.view(1, -1).expand(height, width), y.view(-1, 1).expand(height, width)], dim=2)
 
 
+def full_precision(tensor):
+    """float32 for a half-precision tensor (what autocast gives); float32 and float64 as they are (the
+    parity tests run the networks in float64 to know the exact result)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
 def grid_sample(image, grid, align_corners, padding_mode="zeros"):
     """Bilinear sampling at (x, y) positions in [-1, 1].
 
@@ -37,7 +43,7 @@ def grid_sample(image, grid, align_corners, padding_mode="zeros"):
     Sampling runs in float32 even under autocast: grid coordinates in half precision would be off by
     up to a quarter pixel at 256 px.
     """
-    return F.grid_sample(image.float(), grid.float(), mode="bilinear", padding_mode=padding_mode,
+    return F.grid_sample(full_precision(image), full_precision(grid), mode="bilinear", padding_mode=padding_mode,
                          align_corners=align_corners)
 
 

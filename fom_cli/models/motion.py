@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, grid_sample, keypoint_heatmaps,
+from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, full_precision, grid_sample, keypoint_heatmaps,
                                    make_coordinate_grid)
 
 
@@ -45,16 +45,16 @@ class DenseMotionNetwork(nn.Module):
         driving-frame pixel comes from in the source. Always float32, also under autocast: GPUs have no
         half-precision matrix inverse, and bf16 coordinates would be off by pixels."""
         with torch.autocast(kp_driving["value"].device.type, enabled=False):
-            value_driving = kp_driving["value"].float()
+            value_driving = full_precision(kp_driving["value"])
             n = value_driving.shape[0]
             identity = make_coordinate_grid(height, width, value_driving.device, value_driving.dtype)
             identity = identity.view(1, 1, height, width, 2)
             offsets = identity - value_driving.view(n, self.num_kp, 1, 1, 2)
             if "jacobian" in kp_driving:
-                jacobian = torch.matmul(kp_source["jacobian"].float(),
-                                        torch.inverse(kp_driving["jacobian"].float()))
+                jacobian = torch.matmul(full_precision(kp_source["jacobian"]),
+                                        torch.inverse(full_precision(kp_driving["jacobian"])))
                 offsets = torch.matmul(jacobian.view(-1, self.num_kp, 1, 1, 2, 2), offsets.unsqueeze(-1)).squeeze(-1)
-            driving_to_source = offsets + kp_source["value"].float().view(-1, self.num_kp, 1, 1, 2)
+            driving_to_source = offsets + full_precision(kp_source["value"]).view(-1, self.num_kp, 1, 1, 2)
             return torch.cat([identity.expand(n, 1, height, width, 2), driving_to_source], dim=1)
 
     def warp_by_each_motion(self, small_source, sparse_motions):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, UpBlock2d, grid_sample, keypoint_heatmaps,
-                                   make_coordinate_grid)
+from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, UpBlock2d, full_precision, grid_sample,
+                                   keypoint_heatmaps, make_coordinate_grid)
 from fom_cli.models.tpsmm.keypoints import POINTS_PER_TPS
 from fom_cli.models.tpsmm.tps import ThinPlateSpline
 
@@ -103,7 +103,7 @@ class TpsDenseMotionNetwork(nn.Module):
         Always float32, also under autocast: GPUs have no half-precision matrix inverse, and half-precision
         coordinates would be off by pixels."""
         with torch.autocast(kp_driving.device.type, enabled=False):
-            kp_driving, kp_source = kp_driving.float(), kp_source.float()
+            kp_driving, kp_source = full_precision(kp_driving), full_precision(kp_source)
             n = kp_driving.shape[0]
             grid = make_coordinate_grid(height, width, kp_driving.device, kp_driving.dtype)
             kp_source = kp_source.expand(n, -1, -1)
@@ -113,7 +113,7 @@ class TpsDenseMotionNetwork(nn.Module):
             if bg_param is None:
                 background = grid.expand(n, 1, height, width, 2)
             else:
-                background = background_motion(grid, bg_param.float()).unsqueeze(1)
+                background = background_motion(grid, full_precision(bg_param)).unsqueeze(1)
             return torch.cat([background, spline_flows], dim=1)
 
     @staticmethod
