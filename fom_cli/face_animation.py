@@ -16,6 +16,7 @@ squares out of raw inputs and puts the results back:
 Memory stays flat in the video's length: frames are decoded, followed, animated and encoded as a stream.
 """
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,12 +29,13 @@ from fom_cli.compositing import cut, feathered_mask, paste_back, square_window
 from fom_cli.config import frame_size
 from fom_cli.errors import BadInput
 from fom_cli.face_tracks import DrivingFollower
-from fom_cli.faces import make_detector
+from fom_cli.faces import landmark_model, make_detector
 from fom_cli.media.images import fit_frame, read_image, resize_uint8, to_uint8
 from fom_cli.media.video_in import VideoReader, prefetch
 from fom_cli.media.video_out import VideoWriter, is_frames_folder
 # pipeline imports this module only inside animate_pair, so importing it here makes no cycle at load time.
-from fom_cli.pipeline import batched, frame_range, side_by_side
+from fom_cli.pipeline import (batched, exact_rate, find_best_frame, frame_at, frame_range, resampled,
+                              side_by_side)
 from fom_cli.progress import progress_bar
 
 # The longer side of a pasted-back output unless --max-size says otherwise: 1080p's, enough for any
@@ -183,33 +185,46 @@ def animate_faces(model, source_path, driving_path, output, args):
             raise BadInput(f"{driving_path} has no frame {args.best_frame}")
         for face in faces:
             face.animator.set_initial_frame(initial)
+    elif args.find_best_frame:
+        # Whole driving frames (face_settings refuses it with --crop-driving): each face's own best match.
+        landmarks = landmark_model(device=str(faces[0].animator.device))
+        for number, face in enumerate(faces):
+            best = find_best_frame(face.animator, reader, face.square, (size, size), args.fit, batch_size,
+                                   args.quiet, landmarks, first, stop)
+            face.animator.set_initial_frame(frame_at(reader, first + best, (size, size), args.fit))
+            if not args.quiet:
+                which = f" for face {number + 1}" if len(faces) > 1 else ""
+                print(f"best frame{which}: {best}", file=sys.stderr)
 
     fps = args.fps or reader.fps
+    # Another --fps keeps the driving video's duration, as for whole frames (pipeline.resampled).
+    ratio = exact_rate(fps) / exact_rate(reader.fps)
     audio = None if args.no_audio else driving_path
     if audio is not None and reader.has_audio and is_frames_folder(output) and not args.quiet:
         print(f"note: PNG frames carry no sound: the sound of {driving_path} is not written (write a video "
               f"file to keep it; --no-audio silences this note)", file=sys.stderr)
     # The follower runs in a background thread, a few squares ahead of the networks.
-    frames = prefetch(driving_frames(first, stop))
+    frames = prefetch(resampled(driving_frames(first, stop), ratio))
+    total = None if stop is None else math.ceil((stop - first) * ratio)
     with VideoWriter(output, fps, audio_from=audio, audio_start=first / reader.fps,
                      overwrite=getattr(args, "overwrite", False)) as writer, \
-            progress_bar(total=None if stop is None else stop - first, unit="frame", desc=Path(output).name,
-                         disable=args.quiet) as progress:
+            progress_bar(total=total, unit="frame", desc=Path(output).name, disable=args.quiet) as progress:
         for batch in batched(frames, batch_size):
-            driving = np.stack(batch)
+            driving = np.stack([frame for frame, _ in batch])
             with networks:
                 # Every face follows the same driving frames: their keypoints are found once.
                 kp_driving = faces[0].animator.keypoints(driving) if len(faces) > 1 else None
                 predictions = [face.animator.animate(driving, kp_driving) for face in faces]
-            for i in range(len(batch)):
+            for i, (_, repeats) in enumerate(batch):
                 with compositing:
-                    frame = output_frame(faces, predictions, i, batch[i], photo if settings.paste_back else None,
+                    frame = output_frame(faces, predictions, i, driving[i], photo if settings.paste_back else None,
                                          args.side_by_side)
-                writer.write(frame)
-            progress.update(len(batch))
+                for _ in range(repeats):
+                    writer.write(frame)
+                progress.update(repeats)
     shortfall = reader.shortfall()
     if shortfall:
-        print(f"fom: warning: {shortfall}; {output} has {reader.frames_decoded} frames", file=sys.stderr)
+        print(f"fom: warning: {shortfall}; {output} has {writer.frames_written} frames", file=sys.stderr)
     args.face_seconds = {"compositing": compositing.seconds, "networks": networks.seconds,
                          "driving_crop": follower.seconds if follower is not None else 0.0}
     return output

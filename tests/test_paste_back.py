@@ -1,6 +1,8 @@
 """Animating faces inside a larger photo: feathered masks, paste-back, the streamed driving-face
 follower, and `fom animate --crop-source/--crop-driving/--paste-back/--face` on real photos and video."""
 
+import re
+
 import numpy as np
 from skimage import data
 
@@ -194,6 +196,45 @@ def test_a_photo_without_a_face_is_one_line_and_writes_nothing(scenes, tmp_path,
     assert not (tmp_path / "out.mp4").exists() and list(tmp_path.iterdir()) == []
 
 
+def test_another_fps_keeps_the_duration_with_faces_as_with_whole_frames(scenes, tmp_path, capsys):
+    """--paste-back --fps 50 on 25 fps driving frames: each pasted frame shows twice (the face path used to
+    write one frame per driving frame, so the video played at double speed and the sound was cut)."""
+    code, _, err = run_cli(["animate", scenes / "one.png", DRIVING_DIR, "-o", tmp_path / "out/", *MODEL,
+                            "--paste-back", "--fps", "50"], capsys)
+    assert code == 0, err
+    frames = read_frames(tmp_path / "out")
+    assert len(frames) == 16
+    assert all(np.array_equal(frames[i], frames[i + 1]) for i in range(0, 16, 2))
+    assert not np.array_equal(frames[1], frames[2])
+    driving = make_clip(tmp_path / "drive.mp4", read_frames(DRIVING_DIR), fps=25, tone=True)
+    code, _, err = run_cli(["animate", scenes / "one.png", driving, "-o", tmp_path / "out.mp4", *MODEL,
+                            "--crop-source", "--fps", "10"], capsys)
+    assert code == 0, err
+    info = probe(tmp_path / "out.mp4")
+    assert info.num_frames == 4 and abs(info.fps - 10) < 1e-3 and info.has_audio  # 8 frames at 25 fps: 0.32 s
+
+
+def test_find_best_frame_works_with_the_source_face_cropped(scenes, tmp_path, capsys):
+    """--find-best-frame with --paste-back: the best frame is found on the face's square (it was ignored)."""
+    loud = [option for option in MODEL if option != "--quiet"]
+    code, _, err = run_cli(["animate", scenes / "one.png", DRIVING_DIR, "-o", tmp_path / "found/", *loud,
+                            "--paste-back", "--find-best-frame"], capsys)
+    assert code == 0, err
+    best = int(re.search(r"^best frame: (\d+)", err, re.MULTILINE).group(1))
+    assert best != 0   # this test tells the found frame from the default only where they differ
+    code, _, err = run_cli(["animate", scenes / "one.png", DRIVING_DIR, "-o", tmp_path / "given/", *MODEL,
+                            "--paste-back", "--best-frame", str(best)], capsys)
+    assert code == 0, err
+    assert np.array_equal(read_frames(tmp_path / "found"), read_frames(tmp_path / "given"))
+
+
+def test_find_best_frame_with_a_followed_driving_face_is_refused_before_the_model_loads(scenes, tmp_path, capsys):
+    code, _, err = run_cli(["animate", scenes / "one.png", DRIVING_DIR, "-o", tmp_path / "out.mp4",
+                            "--checkpoint", tmp_path / "no-such-checkpoint.pth", "--face", "--find-best-frame"],
+                           capsys)
+    assert code == 2 and "--find-best-frame" in err and "no-such-checkpoint" not in err, err
+
+
 def test_all_faces_needs_paste_back(scenes, tmp_path, capsys):
     code, _, err = run_cli(["animate", scenes / "two.png", DRIVING_DIR, "-o", tmp_path / "out.mp4", *MODEL,
                             "--all-faces"], capsys)
@@ -206,7 +247,7 @@ from types import SimpleNamespace  # noqa: E402
 
 from fom_cli import faces  # noqa: E402
 from fom_cli.face_tracks import DrivingFollower, gaussian_smooth  # noqa: E402
-from fom_cli.media.video_in import VideoReader  # noqa: E402
+from fom_cli.media.video_in import VideoReader, probe  # noqa: E402
 
 CANVAS_WIDTH = 320  # the carphone clip (176x144) slides across a frame this wide
 CLIP_FRAMES = 60

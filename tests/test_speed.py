@@ -138,6 +138,15 @@ def test_bench_reports_speedup_difference_flops_and_memory(capsys):
     assert report["peak_rss_mib"] > 50
 
 
+def test_bench_takes_fp16_on_the_cpu_as_animate_does_with_the_same_note(capsys):
+    """`fom animate --precision fp16` runs on the CPU with a note; `fom bench` refused it."""
+    code, out, err = run_cli(["bench", "animate", "--config", SMALL_CONFIG, "--frames", "2", "--repeats", "1",
+                              "--precision", "fp16", "--device", "cpu", "--no-baseline", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["precision"] == "fp16"
+    assert "note: --precision fp16 is meant for GPUs" in err
+
+
 def test_bench_rejects_zero_repeats(capsys):
     code, out, err = run_cli(["bench", "animate", "--config", SMALL_CONFIG, "--repeats", "0"], capsys)
     assert code == 2 and out == ""

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from fom_cli.errors import BadInput
+from fom_cli.face_animation import face_settings, uses_faces
 from fom_cli.media.video_out import VIDEO_OUTPUT_EXTENSIONS
 from fom_cli.options import add_animation_options
 from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
@@ -61,6 +62,8 @@ def plan_jobs(args):
 def run(args):
     jobs = plan_jobs(args)
     check_outputs(jobs, args.overwrite)
+    if uses_faces(args):
+        face_settings(args)   # a combination that cannot work, before the model loads
     model = load_requested_model(args)
     for source, driving, output in jobs:
         animate_pair(model, source, driving, output, args)

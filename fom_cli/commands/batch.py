@@ -26,6 +26,7 @@ from pathlib import Path
 from fom_cli.errors import FomError, first_line, is_out_of_memory, os_error_message, out_of_memory_message
 from fom_cli.options import (ANIMATION_MODES, add_animation_options, frame_rate, non_negative_float, non_negative_int,
                              positive_float, positive_int)
+from fom_cli.face_animation import face_settings, uses_faces
 from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
@@ -119,6 +120,11 @@ def read_jobs(path, defaults):
                     raise FomError(f"jobs file {path}, job {number}, column {column}: {error}") from None
         if options.best_frame is not None and options.find_best_frame:
             raise FomError(f"jobs file {path}, job {number}: best_frame and find_best_frame exclude each other")
+        if uses_faces(options):
+            try:
+                face_settings(options)   # a combination that cannot work, before the model loads
+            except FomError as error:
+                raise FomError(f"jobs file {path}, job {number}: {error}") from None
         jobs.append((number, options))
     if not jobs:
         # Most likely the wrong file or a generator that failed: say so rather than succeed at nothing.

@@ -40,7 +40,7 @@ from fom_cli.media.video_in import probe
 from fom_cli.models.inference import optimize_for_inference
 from fom_cli.models.private_ops import Int8SplitConv
 from fom_cli.options import add_batch_size, add_config, add_device, add_precision, add_quiet, positive_int
-from fom_cli.pipeline import animate_pair
+from fom_cli.pipeline import animate_pair, note_cpu_speed
 
 
 def configure_parser(parser):
@@ -348,13 +348,23 @@ def bench_tpsmm_pipeline(args, config, device):
 
 
 def bench_video(args, config, device):
-    """The whole `fom animate` path on a real driving video, with random weights."""
-    kp_detector, generator = random_networks(config, args.seed)
+    """The whole `fom animate` path on a real driving video, with random weights (FOMM or TPSMM, as the
+    config says), optimised and compiled as load_model does."""
     prepack = device.type == "cpu" and args.precision == "fp32" and not args.compile   # as load_model does
-    kp_detector = optimize_for_inference(kp_detector.to(device), inplace=True, prepack=prepack)
-    generator = optimize_for_inference(generator.to(device), inplace=True, prepack=prepack)
-    if args.compile:
-        compile_networks(kp_detector, generator)
+    if config_family(config) == "tpsmm":
+        from fom_cli.animation_tpsmm import compile_tps_networks, optimize_tps_networks
+
+        kp_detector, generator = random_tps_networks(config, args.seed)
+        kp_detector, generator = kp_detector.to(device), generator.to(device)
+        optimize_tps_networks(kp_detector, generator, prepack=prepack)
+        if args.compile:
+            compile_tps_networks(kp_detector, generator)
+    else:
+        kp_detector, generator = random_networks(config, args.seed)
+        kp_detector = optimize_for_inference(kp_detector.to(device), inplace=True, prepack=prepack)
+        generator = optimize_for_inference(generator.to(device), inplace=True, prepack=prepack)
+        if args.compile:
+            compile_networks(kp_detector, generator)
     size = frame_size(config)
     source = synthetic_frames(1, size, args.seed)[0]
     if args.paste_back and not args.source:
@@ -391,8 +401,8 @@ def bench_video(args, config, device):
 def run(args):
     device = pick_device(args.device)
     config = load_config(args.config)
-    if args.precision != "fp32" and device.type == "cpu" and args.precision == "fp16":
-        raise FomError("--precision fp16 needs a CUDA device; use bf16 on CPU")
+    if device.type == "cpu" and not args.quiet:
+        note_cpu_speed(args)   # as `fom animate` says it: the same options, the same note
     report = bench_video(args, config, device) if args.video else bench_pipeline(args, config, device)
     if args.json:
         print(json.dumps(report))
