@@ -6,52 +6,22 @@ borrows the motion. Absolute motion uses the driving keypoints as they are (the 
 source and driving are the same object). Adapt-scale multiplies relative displacements by the ratio of
 the two keypoint clouds' sizes (square roots of their convex-hull areas).
 
-Thin-Plate Spline Motion Model checkpoints load through the same load_model and animate with
-animation_tpsmm.TpsAnimator, which has the Animator's interface; `animator_class` picks the one for a model.
+Thin-Plate Spline Motion Model checkpoints animate with animation_tpsmm.TpsAnimator, which has the
+Animator's interface; families.py says which family a checkpoint is and loads either.
 """
 
 import contextlib
-import importlib
-import io
-import logging
-import warnings
 
 import numpy as np
 import torch
 
-from fom_cli.checkpoint import checkpoint_family, infer_config, load_state, read_checkpoint
-from fom_cli.config import config_family, config_name
+from fom_cli.checkpoint import load_state
 from fom_cli.errors import BadCheckpoint, FomError
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.models.blocks import full_precision
 from fom_cli.models.inference import optimize_for_inference
-
-
-# --precision name -> the dtype networks autocast to (None: plain float32).
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def convex_hull_area(points):
-    """Area of the convex hull of (M, 2) points (Andrew's monotone chain, float64). 0 for degenerate sets."""
-    points = np.unique(np.asarray(points, dtype=np.float64), axis=0)
-    if len(points) < 3:
-        return 0.0
-
-    def cross(o, a, b):
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-    def half_hull(sorted_points):
-        hull = []
-        for p in sorted_points:
-            while len(hull) >= 2 and cross(hull[-2], hull[-1], p) <= 0:
-                hull.pop()
-            hull.append(p)
-        return hull[:-1]
-
-    ordered = points[np.lexsort((points[:, 1], points[:, 0]))]
-    hull = np.array(half_hull(ordered) + half_hull(ordered[::-1]))
-    x, y = hull[:, 0], hull[:, 1]
-    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+from fom_cli.models.keypoints import convex_hull_area
+from fom_cli.runtime import AUTOCAST_DTYPES, CompiledOrEager, silence_cuda_home_warning, to_tensor
 
 
 def movement_scale(kp_source, kp_driving_initial):
@@ -97,71 +67,12 @@ def pose_distance(a, b):
     return float(((normalized_shape(a) - normalized_shape(b)) ** 2).sum())
 
 
-def pick_device(name="auto"):
-    """The torch device for --device NAME, checked before anything is loaded onto it: FomError (one line)
-    for a name torch does not know, or a device this machine does not have."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise FomError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FomError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise FomError(f"--device {name}: this machine has {count} CUDA device{'s' if count > 1 else ''} "
-                           f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
-        return device
-    if device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise FomError(f"--device {name}: Apple's MPS is not available on this machine (use --device cpu)")
-        return device
-    raise FomError(f"--device {name}: fom runs on cpu, cuda or mps, not {device.type}")
+def load_fomm_networks(checkpoint, config, path, device="cpu", optimize=True, prepack=False, align_corners=None):
+    """(keypoint detector, generator) from a FOMM checkpoint dict, in eval mode on `device`.
 
-
-def default_batch_size(device):
-    """Driving frames per forward pass. GPUs need large batches to fill up (README: measured speeds); on a
-    CPU the keypoint detector and the dense motion network still gain from 8 (see Animator for the
-    decoder)."""
-    return 32 if torch.device(device).type == "cuda" else 8
-
-
-def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", optimize=True, precision="fp32",
-               compile=False):
-    """(config, keypoint detector, generator, note) from a checkpoint, in eval mode on `device`.
-
-    config None: the checkpoint's own config, or the bundled one whose tensor shapes match.
-    optimize: apply the exact inference rewrites (models/inference.py); False keeps the original blocks.
-    precision: what the Animator will run in; CPU float32 gets oneDNN-prepacked weights.
-    compile: torch.compile what runs per driving batch (compile_networks).
-
-    A TPSMM checkpoint gives its keypoint detector and, in the generator's place, an animation_tpsmm.TpsModel
-    (animator_class(generator) animates either).
+    optimize: apply the exact inference rewrites (models/inference.py); False keeps the original blocks;
+    prepack: with them, oneDNN-prepacked weights (CPU float32).
     """
-    checkpoint = read_checkpoint(checkpoint_path)
-    note = None
-    if config is None:
-        config, note = infer_config(checkpoint, checkpoint_path)
-    family = checkpoint_family(checkpoint)
-    if config_family(config) != family:
-        raise BadCheckpoint(f"{checkpoint_path} is a {family.upper()} checkpoint, but config {config_name(config)} "
-                            f"is a {config_family(config).upper()} one")
-    if family == "tpsmm":
-        from fom_cli.animation_tpsmm import compile_tps_networks, load_tps_networks
-
-        if align_corners is False:
-            raise FomError("--align-corners false: TPSMM models always sample with align_corners=True")
-        # oneDNN's prepacked ops are opaque to torch.compile: compiled CPU code gets plain convolutions.
-        prepack = torch.device(device).type == "cpu" and precision == "fp32" and not compile
-        kp_detector, model = load_tps_networks(checkpoint, config, checkpoint_path, device, optimize, prepack)
-        del checkpoint
-        if compile:
-            compile_tps_networks(kp_detector, model)
-        return config, kp_detector, model, note
     # Built on the meta device and allocated uninitialised: no random initialisation that the checkpoint
     # overwrites anyway. The checkpoint is memory-mapped; releasing it unmaps the file.
     with torch.device("meta"):
@@ -169,76 +80,16 @@ def load_model(checkpoint_path, config=None, align_corners=None, device="cpu", o
         generator = build_generator(config["model_params"], align_corners=align_corners)
     kp_detector.to_empty(device=device)
     generator.to_empty(device=device)
-    load_state(kp_detector, checkpoint["kp_detector"], "kp_detector", checkpoint_path)
-    load_state(generator, checkpoint["generator"], "generator", checkpoint_path)
-    del checkpoint
+    load_state(kp_detector, checkpoint["kp_detector"], "kp_detector", path)
+    load_state(generator, checkpoint["generator"], "generator", path)
     if generator.dense_motion_network is None:
-        raise BadCheckpoint(f"{checkpoint_path}: a generator without a dense motion network cannot animate")
+        raise BadCheckpoint(f"{path}: a generator without a dense motion network cannot animate")
     kp_detector.eval()
     generator.eval()
     if optimize:
-        # oneDNN's prepacked ops are opaque to torch.compile: compiled CPU code gets plain convolutions.
-        prepack = torch.device(device).type == "cpu" and precision == "fp32" and not compile
         kp_detector = optimize_for_inference(kp_detector, inplace=True, prepack=prepack)
         generator = optimize_for_inference(generator, inplace=True, prepack=prepack)
-    if compile:
-        compile_networks(kp_detector, generator)
-    return config, kp_detector, generator, note
-
-
-def animator_class(generator):
-    """Animator for a FOMM generator, animation_tpsmm.TpsAnimator for a TPSMM model (what load_model gave):
-    both take (kp_detector, generator, source, mode, adapt_scale, precision)."""
-    from fom_cli.animation_tpsmm import TpsAnimator, TpsModel
-
-    return TpsAnimator if isinstance(generator, TpsModel) else Animator
-
-
-def check_animation_mode(generator, mode, checkpoint="the checkpoint"):
-    """FomError, before any work, for a --mode the model cannot animate in: avd needs a TPSMM checkpoint with
-    an avd_network."""
-    if mode != "avd":
-        return
-    from fom_cli.animation_tpsmm import TpsModel
-
-    if not isinstance(generator, TpsModel):
-        raise FomError("--mode avd needs a Thin-Plate Spline Motion Model checkpoint (with its AVD network); "
-                       "FOMM models animate in relative or absolute mode")
-    if generator.avd_network is None:
-        raise FomError(f"--mode avd needs the AVD network, and {checkpoint} has no avd_network; use --mode "
-                       "relative or absolute")
-
-
-class CompiledOrEager:
-    """`torch.compile(function)`, or the plain function once compiling it has failed.
-
-    torch.compile returns at once and only finds out at the first call whether it can compile (a missing
-    C++ compiler, an unsupported op, an old GPU), so the fallback has to happen there, with one warning.
-    """
-
-    def __init__(self, function, name, backend="inductor"):
-        self.function = function
-        self.name = name
-        self.compiled = torch.compile(function, backend=backend)
-
-    def __call__(self, *args, **kwargs):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as error:  # noqa: BLE001 - whatever broke, the plain function still works
-                reason = (str(error).strip().splitlines() or [""])[0][:200]
-                warnings.warn(f"torch.compile failed for the {self.name} ({type(error).__name__}: {reason}); "
-                              "running it uncompiled")
-                self.compiled = None
-        return self.function(*args, **kwargs)
-
-
-def silence_cuda_home_warning():
-    """Compiling imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on machines that
-    have a CUDA toolkit but no GPU: nothing fom does needs that runtime, so the line would only confuse."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    with contextlib.redirect_stderr(io.StringIO()):  # torch before 2.5 prints the line instead of logging it
-        importlib.import_module("torch.utils.cpp_extension")
+    return kp_detector, generator
 
 
 def compile_networks(kp_detector, generator):
@@ -253,18 +104,6 @@ def compile_networks(kp_detector, generator):
     generator.decode = CompiledOrEager(generator.decode, "decoder")
 
 
-def to_tensor(frames, device):
-    """(N, H, W, 3) or (H, W, 3) float32 [0, 1] numpy -> (N, 3, H, W) tensor."""
-    frames = np.asarray(frames, dtype=np.float32)
-    if frames.ndim == 3:
-        frames = frames[None]
-    tensor = torch.from_numpy(frames)
-    if torch.device(device).type == "cuda":
-        # Page-locked memory: the copy to the GPU is one DMA transfer instead of two staged copies.
-        return tensor.pin_memory().to(device, non_blocking=True).permute(0, 3, 1, 2)
-    return tensor.permute(0, 3, 1, 2).to(device)
-
-
 class Animator:
     """Animates one source image with batches of driving frames.
 
@@ -273,9 +112,13 @@ class Animator:
     driving batch, the dense motion network and the generator's decoder.
     """
 
+    MODES = ("relative", "absolute")
+
     def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True, precision="fp32"):
-        check_animation_mode(generator, mode)
-        if mode not in ("relative", "absolute"):
+        if mode == "avd":
+            raise FomError("--mode avd needs a Thin-Plate Spline Motion Model checkpoint (with its AVD network); "
+                           "FOMM models animate in relative or absolute mode")
+        if mode not in self.MODES:
             raise ValueError(f"unknown animation mode '{mode}': use relative or absolute")
         self.kp_detector = kp_detector
         self.generator = generator

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fom_cli.animation import (AUTOCAST_DTYPES, CompiledOrEager, check_animation_mode, silence_cuda_home_warning,
-                               to_tensor)
 from fom_cli.checkpoint import load_state
+from fom_cli.errors import FomError
 from fom_cli.models.tpsmm import build_tpsmm_networks, movement_scale, relative_keypoints
 from fom_cli.models.tpsmm.inference import optimize_tps_for_inference
+from fom_cli.runtime import AUTOCAST_DTYPES, CompiledOrEager, silence_cuda_home_warning, to_tensor
 
 # --mode name -> what the keypoints are; "absolute" is the original demo's "standard".
 TPSMM_MODES = ("relative", "absolute", "avd")
@@ -57,7 +57,7 @@ class TpsModel(nn.Module):
         self.bg_predictor = bg_predictor
 
 
-def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True, prepack=False):
+def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True, prepack=False, align_corners=None):
     """(keypoint detector, TpsModel) from a TPSMM checkpoint dict, in eval mode on `device`.
 
     Every network the checkpoint and the config both have is loaded and checked tensor by tensor: the
@@ -67,7 +67,9 @@ def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True, pre
     (models/tpsmm/inference.py; FOMM's BatchNorm folding does not apply: they normalise by instance);
     prepack: with them, oneDNN-prepacked weights (CPU float32).
     """
-    # Built on the meta device and allocated uninitialised, as load_model does for FOMM.
+    if align_corners is False:
+        raise FomError("--align-corners false: TPSMM models always sample with align_corners=True")
+    # Built on the meta device and allocated uninitialised, as load_fomm_networks does.
     with torch.device("meta"):
         networks = build_tpsmm_networks(config["model_params"])
     for name in ("avd_network", "bg_predictor"):
@@ -110,7 +112,9 @@ class TpsAnimator:
 
     def __init__(self, kp_detector, generator, source, mode="relative", adapt_scale=True, precision="fp32",
                  background=False):
-        check_animation_mode(generator, mode)
+        if mode == "avd" and generator.avd_network is None:
+            raise FomError("--mode avd needs the AVD network, and this checkpoint has no avd_network; use --mode "
+                           "relative or absolute")
         if mode not in TPSMM_MODES:
             raise ValueError(f"unknown animation mode '{mode}': use one of {', '.join(TPSMM_MODES)}")
         if background and generator.bg_predictor is None:

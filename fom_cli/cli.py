@@ -12,6 +12,7 @@ FOM_TRACEBACK=1 shows the full trace of an unexpected error, for bug reports.
 
 import argparse
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -80,6 +81,18 @@ def _report_unexpected(message, exit_code):
     return exit_code
 
 
+class _NotesOnStderr(logging.Handler):
+    """What the engine and the API log, as the CLI shows it: INFO as "note: ...", WARNING and above as
+    "fom: warning: ..." (warnings also with --quiet), on the stderr of the moment (tests capture it)."""
+
+    def __init__(self, quiet):
+        super().__init__(logging.WARNING if quiet else logging.INFO)
+
+    def emit(self, record):
+        prefix = "note" if record.levelno < logging.WARNING else "fom: warning"
+        print(f"{prefix}: {record.getMessage()}", file=sys.stderr)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
@@ -90,6 +103,11 @@ def main(argv=None):
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:  # signal handlers can only be set there (tests may call main() from another thread)
         previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    logger = logging.getLogger("fom_cli")
+    notes, saved = _NotesOnStderr(quiet=getattr(args, "quiet", False)), (logger.level, logger.propagate)
+    logger.addHandler(notes)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
         return args._run(args) or 0
     except FomError as error:
@@ -111,6 +129,9 @@ def main(argv=None):
         return _report_unexpected(f"unexpected {type(error).__name__}: {first_line(error)} (this is a bug in fom "
                                   f"or a library; FOM_TRACEBACK=1 shows the trace for a report)", 1)
     finally:
+        logger.removeHandler(notes)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
         discard_all_temporaries()

@@ -22,3 +22,10 @@ def draw_keypoints(image, keypoints, radius=None):
         rows, cols = disk(centre, radius, shape=(height, width))
         image[rows, cols] = colour
     return image
+
+
+def side_by_side(source, driving, prediction, keypoints):
+    """--side-by-side's row: source | driving | result, each with its keypoints ({'source', 'driving', 'moved'})."""
+    return np.concatenate([draw_keypoints(source, keypoints["source"]),
+                           draw_keypoints(driving, keypoints["driving"]),
+                           draw_keypoints(prediction, keypoints["moved"])], axis=1)

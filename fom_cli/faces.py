@@ -229,7 +229,7 @@ def load_sfd(weights_path, device="auto", max_side=640):
                        f"or use --detector dlib")
     from face_alignment.detection.sfd.sfd_detector import SFDDetector
 
-    from fom_cli.animation import pick_device
+    from fom_cli.runtime import pick_device
 
     device = str(pick_device(device))  # a bad --device is the device's fault, not the file's: say so first
     try:

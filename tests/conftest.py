@@ -1,5 +1,6 @@
 """Shared test helpers. Fixture data (produced by the original FOMM code) lives in tests/fixtures/."""
 
+import contextlib
 import gzip
 import io
 import shutil
@@ -21,14 +22,22 @@ ORIGINAL_CONFIGS = ["vox-256", "vox-adv-256", "taichi-256", "taichi-adv-256", "b
 torch.set_num_threads(2)
 
 
+@contextlib.contextmanager
+def torch_threads(count):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread for the training tests. Test machines are shared: two OpenMP threads on two cores,
     one of them busy with something else, wait on each other ten times longer than one thread takes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -190,7 +199,7 @@ def tpsmm_exact():
         return inpainting.decode(inpainting.encode_source(source), motion)["prediction"].permute(0, 2, 3, 1)
 
     exact = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(2):   # whatever the test module asked for: float64 is slow
         kp_source, kp_driving = networks["kp_detector"](source), networks["kp_detector"](driving)
         exact["kp_source"], exact["kp_driving"] = kp_source[0], kp_driving
         given_source, given_driving = torch.tensor(data["kp_source"]).double()[None], torch.tensor(data["kp_driving"]).double()
@@ -216,16 +225,16 @@ def fomm_exact():
     the original's names: kp_source_*, kp_driving_*; <mode>_kp_norm_* from the reference's keypoints;
     <mode>_prediction end to end (the networks' own keypoints, as demo.make_animation); relative_f3_*
     from the reference's frame-3 keypoints."""
-    from fom_cli.animation import load_model, movement_scale, relative_motion
+    from fom_cli.animation import movement_scale, relative_motion
+    from fom_cli.families import load_networks
     from fom_cli.config import load_config
 
     modes = {"relative_adapt": True, "relative": False}
     results = {}
     for align_corners in (False, True):
         data = dict(np.load(PARITY / ("small-ac.npz" if align_corners else "small.npz")))
-        _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), align_corners,
-                                                  optimize=False)
-        kp_detector, generator = kp_detector.double(), generator.double()
+        networks = load_networks(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), align_corners, optimize=False)
+        kp_detector, generator = networks.kp_detector.double(), networks.generator.double()
         source = torch.tensor(data["source"]).double().permute(2, 0, 1)[None]
         driving = torch.tensor(data["driving"]).double().permute(0, 3, 1, 2)
         frames = len(driving)
@@ -234,7 +243,7 @@ def fomm_exact():
             return {key: torch.tensor(data[f"{prefix}_{key}"][index]).double() for key in ("value", "jacobian")}
 
         exact = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(2):   # whatever the test module asked for: float64 is slow
             kp_source, kp_driving = kp_detector(source), kp_detector(driving)
             for name, kp in (("kp_source", {key: value[0] for key, value in kp_source.items()}),
                              ("kp_driving", kp_driving)):

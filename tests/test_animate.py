@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, carphone_path, driving_frames, make_clip, run_cli
-from fom_cli.animation import Animator, load_model
+from fom_cli.animation import Animator
+from fom_cli.families import load_networks
 from fom_cli.config import load_config
 from fom_cli.media.video_in import VideoReader, probe
 
@@ -69,7 +70,8 @@ def test_best_frame_measures_motion_from_that_frame(tmp_path, capsys):
     code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out/", *MODEL, "--best-frame", "3"],
                            capsys)
     assert code == 0, err
-    _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG))
+    networks = load_networks(SMALL_CHECKPOINT, load_config(SMALL_CONFIG))
+    kp_detector, generator = networks.kp_detector, networks.generator
     driving = driving_frames().astype(np.float32) / 255
     animator = Animator(kp_detector, generator, iio.imread(SOURCE).astype(np.float32) / 255)
     animator.set_initial_frame(driving[3])
@@ -82,7 +84,8 @@ def test_best_frame_measures_motion_from_that_frame(tmp_path, capsys):
 def test_driving_keypoints_found_once_serve_every_source():
     """--all-faces finds the driving keypoints once and hands them to each face's Animator: the same
     frames as each Animator finding them itself."""
-    _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG))
+    networks = load_networks(SMALL_CHECKPOINT, load_config(SMALL_CONFIG))
+    kp_detector, generator = networks.kp_detector, networks.generator
     driving = driving_frames().astype(np.float32) / 255
     source = iio.imread(SOURCE).astype(np.float32) / 255
     first = Animator(kp_detector, generator, source)
@@ -322,10 +325,10 @@ def test_compiling_on_a_machine_without_gpu_hides_torchs_cuda_home_warning(tmp_p
     # torch warns "No CUDA runtime is found" when it finds a CUDA toolkit (CUDA_HOME) but no GPU, the first
     # time compiling imports torch.utils.cpp_extension. The control run shows the warning does appear there.
     script = ("import sys\n"
-              "from fom_cli.animation import load_model\n"
+              "from fom_cli.families import load_networks\n"
               "from fom_cli.config import load_config\n"
               f"config = load_config({str(SMALL_CONFIG)!r})\n"
-              f"if sys.argv[1] == 'compile': load_model({str(SMALL_CHECKPOINT)!r}, config, compile=True)\n"
+              f"if sys.argv[1] == 'compile': load_networks({str(SMALL_CHECKPOINT)!r}, config, compile=True)\n"
               "import torch.utils.cpp_extension\n")
     environment = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
     control, compiled = (subprocess.run([sys.executable, "-c", script, what], capture_output=True, text=True,

@@ -15,7 +15,7 @@ import torch
 import fom_cli
 from conftest import run_cli
 from fom_cli.checkpoint import default_checkpoint
-from fom_cli.animation import load_model
+from fom_cli.families import load_networks
 from fom_cli.checkpoint import read_checkpoint
 from fom_cli.config import config_name
 from fom_cli.media.video_in import probe
@@ -38,7 +38,8 @@ def test_the_bundled_checkpoint_is_small_and_loads_without_a_config():
     checkpoint = read_checkpoint(path)
     # Only what animation needs: no discriminator, no optimiser states.
     assert set(checkpoint) <= {"generator", "kp_detector", "config", "fom", "epoch"}
-    config, kp_detector, generator, note = load_model(path)
+    networks = load_networks(path)
+    config, kp_detector, generator, note = networks.config, networks.kp_detector, networks.generator, networks.note
     assert config_name(config) == "toon-128" and "config stored in toon-128.pth" in note
     assert config["dataset_params"]["frame_shape"][:2] == [128, 128]
     with torch.inference_mode():

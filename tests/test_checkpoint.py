@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, run_cli
-from fom_cli.animation import load_model
+from fom_cli.families import load_networks
 from fom_cli.checkpoint import infer_config, make_checkpoint, read_checkpoint, save_checkpoint
 from fom_cli.config import load_config
 from fom_cli.errors import BadCheckpoint, BadInput
@@ -30,7 +30,8 @@ def test_module_prefix_from_data_parallel_is_stripped(tmp_path):
     torch.save(checkpoint, tmp_path / "prefixed.pth.tar")
     loaded = read_checkpoint(tmp_path / "prefixed.pth.tar")
     assert "first.conv.weight" in loaded["generator"]
-    _, _, generator, _ = load_model(tmp_path / "prefixed.pth.tar", load_config(SMALL_CONFIG), optimize=False)
+    networks = load_networks(tmp_path / "prefixed.pth.tar", load_config(SMALL_CONFIG), optimize=False)
+    generator = networks.generator
     original = read_checkpoint(SMALL_CHECKPOINT)["generator"]
     assert torch.equal(generator.state_dict()["final.weight"], original["final.weight"])
 
@@ -77,12 +78,13 @@ def test_a_checkpoint_matching_no_config_names_the_closest_and_the_tensor():
 
 def test_a_checkpoint_that_does_not_fit_the_given_config_names_the_tensor():
     with pytest.raises(BadCheckpoint, match=r"does not fit the config: (generator|kp_detector)\.[\w.]+ has shape"):
-        load_model(SMALL_CHECKPOINT, load_config("vox-256"))
+        load_networks(SMALL_CHECKPOINT, load_config("vox-256"))
 
 
 def test_our_format_round_trips_with_its_config(tmp_path):
     config = load_config(SMALL_CONFIG)
-    _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, config)
+    networks = load_networks(SMALL_CHECKPOINT, config)
+    kp_detector, generator = networks.kp_detector, networks.generator
     path = tmp_path / "ours.pth"
     save_checkpoint(path, make_checkpoint(config, {"generator": generator, "kp_detector": kp_detector}, epoch=1))
     inferred, note = infer_config(read_checkpoint(path), path)
@@ -159,7 +161,8 @@ def test_export_keeps_only_what_animation_needs_and_animates_the_same(tmp_path, 
         assert exported[network].keys() == original[network].keys()
         assert all(torch.equal(exported[network][key], original[network][key]) for key in original[network])
     # The config travels inside: no --config needed any more.
-    config, _, _, note = load_model(slim)
+    networks = load_networks(slim)
+    config, note = networks.config, networks.note
     assert "config stored in small-slim.pth" in note
     assert config["model_params"] == load_config(SMALL_CONFIG)["model_params"]
 

@@ -108,7 +108,7 @@ def test_a_folder_without_write_permission_is_one_line(tmp_path, command):
 
 
 def test_an_unexpected_error_is_one_line_with_exit_1_and_the_trace_on_request(tmp_path, capsys, monkeypatch):
-    def broken(self, frames):
+    def broken(self, frames, kp_driving=None):
         raise ValueError("something nobody foresaw\nsecond line")
     monkeypatch.setattr(Animator, "animate", broken)
     args = ["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out.mp4", *MODEL]
@@ -123,7 +123,7 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_the_trace_on_request(tm
 
 
 def test_gpu_out_of_memory_names_a_batch_size_to_try(tmp_path, capsys, monkeypatch):
-    def out_of_memory(self, frames):
+    def out_of_memory(self, frames, kp_driving=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     monkeypatch.setattr(Animator, "animate", out_of_memory)
     code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "out.mp4", *MODEL, "--batch-size", "8"],
@@ -137,13 +137,13 @@ def test_a_batch_survives_any_exception_in_one_job(tmp_path, capsys, monkeypatch
 
     calls = []
 
-    def fails_in_the_second_job(*args):
+    def fails_in_the_second_job(*args, **kwargs):
         calls.append(args)
         if len(calls) == 2:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return animate_pair(*args)
-    animate_pair = batch.animate_pair
-    monkeypatch.setattr(batch, "animate_pair", fails_in_the_second_job)
+        return animate_file(*args, **kwargs)
+    animate_file = batch.animate_file
+    monkeypatch.setattr(batch, "animate_file", fails_in_the_second_job)
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("source,driving,output\n" + "".join(f"{SOURCE},{DRIVING_DIR},out{i}.mp4\n" for i in range(3)))
     code, out, err = run_cli(["batch", jobs, *MODEL, "--json"], capsys)

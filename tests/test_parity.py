@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import SMALL_CHECKPOINT, SMALL_CONFIG, assert_parity, assert_within
-from fom_cli.animation import Animator, load_model, movement_scale, relative_motion
+from fom_cli.animation import Animator, movement_scale, relative_motion
+from fom_cli.families import load_networks
 from fom_cli.checkpoint import load_state, read_checkpoint
 from fom_cli.config import load_config
 from fom_cli.models import build_discriminator, build_generator, build_keypoint_detector
@@ -34,8 +35,9 @@ def model(request, reference, fomm_exact):
     """The original blocks, and the same weights after the exact inference rewrites (models/inference.py);
     the reference arrays and the float64 results of the convention."""
     align_corners, optimize = request.param
-    config, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), align_corners,
+    networks = load_networks(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), align_corners,
                                                    optimize=optimize)
+    config, kp_detector, generator = networks.config, networks.kp_detector, networks.generator
     return fomm_exact[align_corners], reference[align_corners], kp_detector, generator
 
 

@@ -144,10 +144,11 @@ def test_the_opt_out_uses_no_private_op(tmp_path, capsys, monkeypatch, fresh_not
     monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", fails)
     err = animate_frames(tmp_path, capsys)
     assert "note" not in err  # never even tried
-    from fom_cli.animation import load_model
+    from fom_cli.families import load_networks
     from fom_cli.config import load_config
 
-    _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG))
+    networks = load_networks(SMALL_CHECKPOINT, load_config(SMALL_CONFIG))
+    kp_detector, generator = networks.kp_detector, networks.generator
     convolutions = [module for network in (kp_detector, generator) for module in network.modules()
                     if isinstance(module, Conv)]
     assert convolutions and all(module.packed is None for module in convolutions)

@@ -199,14 +199,15 @@ def test_cuda_and_cpu_agree_in_float32():
     import imageio.v3 as iio
 
     from conftest import driving_frames
-    from fom_cli.animation import load_model
+    from fom_cli.families import load_networks
     from fom_cli.config import load_config
 
     driving = driving_frames().astype(np.float32) / 255
     source = iio.imread(PARITY / "small-source.png").astype(np.float32) / 255
     results = {}
     for device in ("cpu", "cuda"):
-        _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), device=device)
+        networks = load_networks(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), device=device)
+        kp_detector, generator = networks.kp_detector, networks.generator
         results[device] = pipeline_animation(Animator(kp_detector, generator, source), driving, batch_size=4)
     assert np.abs(results["cuda"] - results["cpu"]).max() <= 1e-3
 
@@ -216,7 +217,7 @@ def test_compiled_pipeline_matches_the_plain_one_on_cuda():
     import imageio.v3 as iio
 
     from conftest import driving_frames
-    from fom_cli.animation import load_model
+    from fom_cli.families import load_networks
 
     driving = driving_frames().astype(np.float32) / 255
     source = iio.imread(PARITY / "small-source.png").astype(np.float32) / 255
@@ -227,8 +228,9 @@ def test_compiled_pipeline_matches_the_plain_one_on_cuda():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         for compile in (False, True):
-            _, kp_detector, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), device="cuda",
+            networks = load_networks(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), device="cuda",
                                                       compile=compile)
+            kp_detector, generator = networks.kp_detector, networks.generator
             results[compile] = pipeline_animation(Animator(kp_detector, generator, source), driving, batch_size=4)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -237,7 +239,7 @@ def test_compiled_pipeline_matches_the_plain_one_on_cuda():
 
 
 def test_a_failing_compiler_falls_back_to_plain_pytorch_once_with_a_warning():
-    from fom_cli.animation import CompiledOrEager
+    from fom_cli.runtime import CompiledOrEager
 
     calls = []
 
@@ -256,9 +258,11 @@ def test_a_failing_compiler_falls_back_to_plain_pytorch_once_with_a_warning():
 def test_keypoint_motion_stays_float32_under_autocast():
     # GPUs have no bf16/fp16 matrix inverse, and bf16 grid coordinates are off by pixels: the sparse
     # motions must be computed in float32 whatever autocast says (the CPU's autocast shows the dtype too).
-    from fom_cli.animation import load_model, relative_motion
+    from fom_cli.animation import relative_motion
+    from fom_cli.families import load_networks
 
-    _, _, generator, _ = load_model(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), optimize=False)
+    networks = load_networks(SMALL_CHECKPOINT, load_config(SMALL_CONFIG), optimize=False)
+    generator = networks.generator
     dense_motion = generator.dense_motion_network
     rng = torch.Generator().manual_seed(0)
     num_kp = dense_motion.num_kp

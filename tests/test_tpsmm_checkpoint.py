@@ -80,7 +80,7 @@ def test_a_tpsmm_checkpoint_matching_no_bundled_config_names_the_closest(small_t
 
 def test_export_keeps_the_networks_that_animate_and_the_config(small_tpsmm_checkpoint, tmp_path, capsys):
     from conftest import run_cli
-    from fom_cli.animation import load_model
+    from fom_cli.families import load_networks
     from fom_cli.animation_tpsmm import TpsModel
 
     slim = tmp_path / "slim.pth"
@@ -93,6 +93,7 @@ def test_export_keeps_the_networks_that_animate_and_the_config(small_tpsmm_check
     for network in ("inpainting_network", "dense_motion_network", "kp_detector", "avd_network"):
         assert all(torch.equal(exported[network][key], original[network][key]) for key in original[network])
     # The config travels inside: no --config needed any more.
-    config, _, model, note = load_model(slim)
+    networks = load_networks(slim)
+    config, model, note = networks.config, networks.generator, networks.note
     assert isinstance(model, TpsModel) and model.avd_network is not None
     assert "config stored in slim.pth" in note and config["model_params"]["common_params"]["num_tps"] == 4

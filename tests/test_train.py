@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from conftest import SMALL_CHECKPOINT, SMALL_CONFIG, run_cli
-from fom_cli.animation import load_model
+from fom_cli.families import load_networks
 from fom_cli.checkpoint import read_checkpoint
 from fom_cli.config import bundled_dir, load_config
 from fom_cli.evaluation.reconstruction import l1_distance, reconstruct_video
@@ -50,9 +50,10 @@ def synth_data(tmp_path_factory):
 
 
 def train_args(*argv):
+    """TrainOptions as `fom train ARGV` makes them."""
     parser = argparse.ArgumentParser()
     train_command.configure_parser(parser)
-    return parser.parse_args([str(arg) for arg in argv])
+    return train_command.train_options(parser.parse_args([str(arg) for arg in argv]))
 
 
 def gan_config(tmp_path, **train_params):
@@ -87,7 +88,8 @@ def test_training_on_synth_faces_lowers_the_reconstruction_error(synth_data, tmp
                                        "--num-repeats", 10, "--workers", 0, "--no-perceptual", "--quiet"))
     assert summary["iterations"] == 3 * 20   # 16 videos x 10 repeats / batch 8, three epochs
     assert len(summary["epoch_losses"]) == 3   # running means: nothing kept per iteration
-    _, kp_detector, generator, _ = load_model(out / "checkpoint.pth.tar")   # the checkpoint's own config
+    networks = load_networks(out / "checkpoint.pth.tar")
+    kp_detector, generator = networks.kp_detector, networks.generator   # the checkpoint's own config
     trained = held_out_l1(kp_detector, generator, synth_data)
     with capsys.disabled():   # shown with pytest -s
         print(f"\nheld-out L1: untrained {untrained:.4f}, trained {trained:.4f} ({1 - trained / untrained:.0%} lower); "
@@ -188,7 +190,8 @@ def test_kept_checkpoints_export_as_their_average(synth_data, tmp_path, capsys):
                 assert torch.equal(value, b), f"{network}.{key}"
     moved = [key for key in average["generator"] if not torch.equal(first["generator"][key], second["generator"][key])]
     assert moved   # the two epochs differ, so the average is a third set of weights
-    config, _, _, note = load_model(tmp_path / "average.pth")
+    networks = load_networks(tmp_path / "average.pth")
+    config, note = networks.config, networks.note
     assert "config stored in average.pth" in note and config["model_params"] == latest["config"]["model_params"]
 
     # Checkpoints of different configs do not average: one error line, nothing written.
@@ -242,7 +245,8 @@ def test_init_adds_a_blend_mask_to_a_generator_that_had_none(synth_data, tmp_pat
         assert torch.equal(value.detach(), original["kp_detector"][key]), key
     mask = summary["networks"]["generator"].blend_mask
     assert float(mask.weight.detach().abs().max()) > 0   # from zero: the mask's gradient reached it
-    loaded_config, kp_detector, generator, _ = load_model(tmp_path / "blend" / "checkpoint.pth.tar")
+    networks = load_networks(tmp_path / "blend" / "checkpoint.pth.tar")
+    loaded_config, kp_detector, generator = networks.config, networks.kp_detector, networks.generator
     assert loaded_config["model_params"]["generator_params"]["blend_warped_source"]
     frames = np.stack([iio.imread(frame) for frame in sorted((synth_data / "test").glob("*/*.png"))[:4]]) / 255
     reconstruction = reconstruct_video(kp_detector, generator, frames.astype(np.float32))
@@ -370,7 +374,7 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint(synth_data, tmp_path
         process.wait()
     checkpoint = read_checkpoint(out / "checkpoint.pth.tar")
     assert checkpoint["epoch"] == 0   # the first epoch's, intact
-    load_model(out / "checkpoint.pth.tar")
+    load_networks(out / "checkpoint.pth.tar")
 
 
 def test_missing_vgg_weights_stop_before_training(synth_data, tmp_path, monkeypatch, capsys):

@@ -12,11 +12,11 @@ import itertools
 import sys
 from pathlib import Path
 
+from fom_cli.commands import animation_options, load_requested_model
+from fom_cli.engine import animate_file, check_driving, check_outputs, check_source
 from fom_cli.errors import BadInput
-from fom_cli.face_animation import face_settings, uses_faces
 from fom_cli.media.video_out import VIDEO_OUTPUT_EXTENSIONS
 from fom_cli.options import add_animation_options
-from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
 
 
 # The two forms that work, spelled out: argparse would make "SOURCE [DRIVING] [SOURCE [DRIVING] ...]" of
@@ -58,15 +58,13 @@ def plan_jobs(args):
             for source, driving in itertools.product(sources, drivings)]
 
 
-
 def run(args):
+    options = animation_options(args)   # a combination that cannot work stops here, before the model loads
     jobs = plan_jobs(args)
     check_outputs(jobs, args.overwrite)
-    if uses_faces(args):
-        face_settings(args)   # a combination that cannot work, before the model loads
     model = load_requested_model(args)
     for source, driving, output in jobs:
-        animate_pair(model, source, driving, output, args)
+        animate_file(model.networks, model.precision, source, driving, output, options, progress=not args.quiet)
         if not args.quiet:
             print(f"wrote {output}", file=sys.stderr)
     return 0

@@ -14,7 +14,6 @@ messages, in --json and in --shard: `--shard I/N` (I from 1 to N) runs jobs I, I
 machines or GPUs can split one file with plain shell.
 """
 
-import copy
 import csv
 import json
 import os
@@ -22,12 +21,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 from fom_cli.errors import FomError, first_line, is_out_of_memory, os_error_message, out_of_memory_message
 from fom_cli.options import (ANIMATION_MODES, add_animation_options, frame_rate, non_negative_float, non_negative_int,
                              positive_float, positive_int)
-from fom_cli.face_animation import face_settings, uses_faces
-from fom_cli.pipeline import animate_pair, check_driving, check_outputs, check_source, load_requested_model
+from fom_cli.commands import animation_options, load_requested_model
+from fom_cli.engine import AnimationOptions, animate_file, check_driving, check_outputs, check_source
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
 
@@ -84,8 +84,17 @@ def parse_shard(text):
     return index, count
 
 
+class Job(NamedTuple):
+    number: int
+    source: Path
+    driving: Path
+    output: Path
+    options: AnimationOptions
+
+
 def read_jobs(path, defaults):
-    """[(job number, options namespace)] from the CSV; FomError (exit 2) for a bad file."""
+    """[Job] from the CSV, each job's options the command line's (`defaults`) with its cells over them;
+    FomError (exit 2) for a bad file."""
     path = Path(path)
     if not path.is_file():
         raise FomError(f"jobs file {path} does not exist")
@@ -106,26 +115,28 @@ def read_jobs(path, defaults):
 
     jobs = []
     for number, row in enumerate(rows, start=1):
-        options = copy.copy(defaults)
+        paths = {}
         for column in REQUIRED_COLUMNS:
             if not (row.get(column) or "").strip():
                 raise FomError(f"jobs file {path}, job {number}: the {column} cell is empty")
-            setattr(options, column, path.parent / row[column].strip())
+            paths[column] = path.parent / row[column].strip()
+        cells = {}
         for column, parse in JOB_OPTIONS.items():
             cell = (row.get(column) or "").strip()
             if cell:
                 try:
-                    setattr(options, column, parse(cell))
+                    cells[column] = parse(cell)
                 except ValueError as error:
                     raise FomError(f"jobs file {path}, job {number}, column {column}: {error}") from None
-        if options.best_frame is not None and options.find_best_frame:
+        if "no_audio" in cells:
+            cells["audio"] = not cells.pop("no_audio")
+        if cells.get("best_frame") is not None and cells.get("find_best_frame"):
             raise FomError(f"jobs file {path}, job {number}: best_frame and find_best_frame exclude each other")
-        if uses_faces(options):
-            try:
-                face_settings(options)   # a combination that cannot work, before the model loads
-            except FomError as error:
-                raise FomError(f"jobs file {path}, job {number}: {error}") from None
-        jobs.append((number, options))
+        try:
+            options = animation_options(defaults, **cells)   # what cannot work stops here, before the model loads
+        except FomError as error:
+            raise FomError(f"jobs file {path}, job {number}: {error}") from None
+        jobs.append(Job(number, paths["source"], paths["driving"], paths["output"], options))
     if not jobs:
         # Most likely the wrong file or a generator that failed: say so rather than succeed at nothing.
         raise FomError(f"jobs file {path} has no jobs (a header and no rows)")
@@ -138,31 +149,29 @@ def run(args):
     jobs = read_jobs(args.jobs, args)
     # Every shard checks every job's output, as read_jobs checks every row: a clash between two shards'
     # jobs would lose data as surely as one within a shard.
-    to_write = [(number, options) for number, options in jobs
-                if not (args.skip_existing and options.output.exists())]
-    check_outputs([(options.source, options.driving, options.output) for _, options in to_write], args.overwrite,
-                  job_names=[f"job {number}" for number, _ in to_write])
-    jobs = [(number, options) for number, options in jobs if (number - 1) % shard_count == shard_index - 1]
+    to_write = [job for job in jobs if not (args.skip_existing and job.output.exists())]
+    check_outputs([(job.source, job.driving, job.output) for job in to_write], args.overwrite,
+                  job_names=[f"job {job.number}" for job in to_write])
+    jobs = [job for job in jobs if (job.number - 1) % shard_count == shard_index - 1]
     model = load_requested_model(args)
 
     counts = {"done": 0, "failed": 0, "skipped": 0}
-    for number, options in jobs:
-        report = {"job": number, "source": str(options.source), "driving": str(options.driving),
-                  "output": str(options.output)}
+    for number, source, driving, output, options in jobs:
+        report = {"job": number, "source": str(source), "driving": str(driving), "output": str(output)}
         start = time.perf_counter()
-        if args.skip_existing and options.output.exists():
+        if args.skip_existing and output.exists():
             report["status"] = "skipped"
         else:
             try:
-                animate_pair(model, check_source(options.source), check_driving(options.driving), options.output,
-                             options)
+                animate_file(model.networks, model.precision, check_source(source), check_driving(driving), output,
+                             options, progress=not args.quiet)
                 report["status"] = "done"
             except Exception as error:  # any job's failure, even a bug or a GPU out of memory, is that job's only
                 if os.environ.get("FOM_TRACEBACK") == "1":
                     traceback.print_exc()
                 message = job_error_message(error, options)
                 report.update(status="failed", error=message)
-                print(f"fom: error: job {number} ({options.source}, {options.driving}): {message}", file=sys.stderr)
+                print(f"fom: error: job {number} ({source}, {driving}): {message}", file=sys.stderr)
         counts[report["status"]] += 1
         emit(report, start, args)
         if args.fail_fast and report["status"] == "failed":

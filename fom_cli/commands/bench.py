@@ -17,7 +17,6 @@ frame: the keypoint detector, then the dense motion and inpainting networks on t
 fom's TpsAnimator in the same way.
 """
 
-import argparse
 import copy
 import json
 import tempfile
@@ -30,17 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from fom_cli.animation import (AUTOCAST_DTYPES, Animator, compile_networks, default_batch_size, movement_scale, pick_device,
-                               relative_motion, to_tensor)
+from fom_cli.animation import Animator, compile_networks, movement_scale, relative_motion
+from fom_cli.commands import note_cpu_speed
 from fom_cli.config import config_family, frame_size, load_config
+from fom_cli.engine import AnimationOptions, animate_file
 from fom_cli.errors import FomError
-from fom_cli.models import build_generator, build_keypoint_detector
+from fom_cli.families import FAMILIES, Networks
 from fom_cli.media.images import write_image
 from fom_cli.media.video_in import probe
+from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.models.inference import optimize_for_inference
 from fom_cli.models.private_ops import Int8SplitConv
 from fom_cli.options import add_batch_size, add_config, add_device, add_precision, add_quiet, positive_int
-from fom_cli.pipeline import animate_pair, note_cpu_speed
+from fom_cli.runtime import AUTOCAST_DTYPES, default_batch_size, pick_device, to_tensor
 
 
 def configure_parser(parser):
@@ -373,14 +374,13 @@ def bench_video(args, config, device):
         source_path = Path(args.source) if args.source else Path(folder) / "source.png"
         if not args.source:
             write_image(source_path, source)
-        options = argparse.Namespace(mode="relative", adapt_scale=True, best_frame=None, find_best_frame=False,
-                                     fit="crop", start=0.0, duration=None, fps=None, no_audio=False,
-                                     side_by_side=False, quiet=args.quiet,
-                                     batch_size=args.batch_size, precision=args.precision,
-                                     face=args.paste_back, device=str(device))
+        options = AnimationOptions(batch_size=args.batch_size, face=args.paste_back)
         output = Path(folder) / "out.mp4"
+        family = FAMILIES[config_family(config)]
+        networks = Networks(config, kp_detector, generator, family)
         start = time.perf_counter()
-        animate_pair((config, kp_detector, generator), source_path, Path(args.video), output, options)
+        animation = animate_file(networks, args.precision, source_path, Path(args.video), output, options,
+                                 progress=not args.quiet)
         seconds = time.perf_counter() - start
         frames = probe(output).num_frames
         size = probe(output).size
@@ -389,7 +389,7 @@ def bench_video(args, config, device):
     if args.paste_back:
         # The face work per frame against the networks' per frame: following and cutting the driving face
         # (a background thread, overlapping the networks) and pasting back (on the main thread).
-        spent = options.face_seconds
+        spent = animation.timings
         report.update({"output_size": f"{size[1]}x{size[0]}",
                        "networks_ms_per_frame": 1000 * spent["networks"] / frames,
                        "driving_crop_ms_per_frame": 1000 * spent["driving_crop"] / frames,
@@ -402,7 +402,7 @@ def run(args):
     device = pick_device(args.device)
     config = load_config(args.config)
     if device.type == "cpu" and not args.quiet:
-        note_cpu_speed(args)   # as `fom animate` says it: the same options, the same note
+        note_cpu_speed(args.precision, args.compile)   # as `fom animate` says it
     report = bench_video(args, config, device) if args.video else bench_pipeline(args, config, device)
     if args.json:
         print(json.dumps(report))

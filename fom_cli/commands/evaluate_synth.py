@@ -16,7 +16,8 @@ import json
 
 import numpy as np
 
-from fom_cli.animation import load_model, pick_device
+from fom_cli.families import load_networks
+from fom_cli.runtime import pick_device
 from fom_cli.config import load_config
 from fom_cli.errors import FomError
 from fom_cli.evaluation.synthetic import HELD_OUT_SEED, evaluate_pairs
@@ -45,9 +46,8 @@ def run(args):
         raise FomError("--frames must be at least 2")
     config = load_config(args.config) if args.config else None
     checkpoint = checkpoint_or_bundled(args.checkpoint, args.quiet)
-    config, kp_detector, generator, _ = load_model(checkpoint, config, device=pick_device(args.device))
-    report, strips = evaluate_pairs(kp_detector, generator, config, args.pairs, args.frames, args.seed,
-                                    args.adapt_scale, args.quiet)
+    networks = load_networks(checkpoint, config, device=pick_device(args.device))
+    report, strips = evaluate_pairs(networks, args.pairs, args.frames, args.seed, args.adapt_scale, args.quiet)
     report["checkpoint"] = str(checkpoint)
     if args.strip:
         write_image(args.strip, np.concatenate(strips, axis=0))

@@ -18,7 +18,7 @@ and metrics.json:
 
 from pathlib import Path
 
-from fom_cli.animation import pick_device
+from fom_cli.runtime import pick_device
 from fom_cli.config import load_config
 from fom_cli.evaluation.reconstruction import evaluate
 from fom_cli.media.video_in import DEFAULT_FPS

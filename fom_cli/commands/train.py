@@ -70,8 +70,17 @@ def configure_parser(parser):
     add_quiet(running, "no progress bar or messages (log.txt is still written)")
 
 
+def train_options(args):
+    """TrainOptions from this command's options."""
+    from dataclasses import fields
+
+    from fom_cli.training.loop import TrainOptions  # torch, only when training
+
+    return TrainOptions(**{field.name: getattr(args, field.name) for field in fields(TrainOptions)})
+
+
 def run(args):
     from fom_cli.training.loop import train  # torch, only when training
 
-    train(args)
+    train(train_options(args))
     return 0

@@ -16,14 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fom_cli.animation import Animator, default_batch_size, load_model
+from fom_cli.animation import Animator
 from fom_cli.animation_tpsmm import TpsAnimator, TpsModel
 from fom_cli.config import frame_size
+from fom_cli.families import load_networks
 from fom_cli.errors import BadOutput
 from fom_cli.media.files import write_json
 from fom_cli.media.images import to_uint8, write_image
 from fom_cli.media.video_in import DEFAULT_FPS
 from fom_cli.media.video_out import VideoWriter
+from fom_cli.runtime import default_batch_size
 
 
 def reconstruct_video(kp_detector, generator, video, batch_size=4):
@@ -69,7 +71,8 @@ def evaluate(checkpoint, data_dir, out_dir, config=None, device="cpu", batch_siz
     from fom_cli.training.data import FramesDataset
 
     device = torch.device(device)
-    config, kp_detector, generator, _ = load_model(checkpoint, config=config, device=device)
+    networks = load_networks(checkpoint, config=config, device=device)
+    config, kp_detector, generator = networks.config, networks.kp_detector, networks.generator
     height, width = frame_size(config)
     dataset = FramesDataset(data_dir, frame_shape=(height, width, 3), is_train=False)
     indices = range(len(dataset) if max_videos is None else min(max_videos, len(dataset)))

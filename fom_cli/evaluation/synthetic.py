@@ -6,7 +6,6 @@ appearance and motion separately, so A rendered with B's motion is exactly the r
 
 import numpy as np
 
-from fom_cli.animation import animator_class
 from fom_cli.config import frame_size
 from fom_cli.errors import FomError
 from fom_cli.evaluation.reconstruction import l1_distance
@@ -34,16 +33,16 @@ def strip_row(driving, truth, predictions, columns=6):
     return np.concatenate(rows, axis=0)
 
 
-def evaluate_pairs(kp_detector, generator, config, pairs, num_frames, seed, adapt_scale=False, quiet=True):
-    height, width = frame_size(config)
+def evaluate_pairs(networks, pairs, num_frames, seed, adapt_scale=False, quiet=True):
+    """families.Networks animating `pairs` held-out synthetic pairs; (report, strips)."""
+    height, width = frame_size(networks.config)
     if height != width:
         raise FomError("evaluate-synth renders square frames; the model's frame_shape is not square")
     per_pair, strips = [], []
     for index in progress_bar(range(pairs), desc="pairs", unit="pair", disable=quiet):
         driving, truth = synth_pair(seed, index, num_frames, height)
         driving, truth = driving.astype(np.float32) / 255, truth.astype(np.float32) / 255
-        animator = animator_class(generator)(kp_detector, generator, truth[0], mode="relative",
-                                             adapt_scale=adapt_scale)
+        animator = networks.animator(truth[0], mode="relative", adapt_scale=adapt_scale)
         animator.set_initial_frame(driving[0])
         predictions = animator.animate_all(driving, batch_size=8)
         per_pair.append({"l1": l1_distance(predictions, truth),

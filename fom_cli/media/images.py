@@ -111,6 +111,22 @@ def to_float_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=np.float32)
 
 
+def check_image_array(array, what="frames"):
+    """`array` as numpy, after checking it is what fom takes in memory: RGB (H, W, 3) or (N, H, W, 3), uint8
+    or float in [0, 1]. BadInput otherwise (a uint8 photo mistaken for floats would animate garbage)."""
+    array = np.asarray(array)
+    if array.ndim not in (3, 4) or array.shape[-1] != 3:
+        raise BadInput(f"{what} must be RGB arrays of shape (H, W, 3) or (N, H, W, 3), not {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise BadInput(f"{what} must be uint8 or float in [0, 1], not {array.dtype}")
+    if array.size and not (array.min() >= 0 and array.max() <= 1):   # also catches nan
+        raise BadInput(f"{what} are float but not in [0, 1] (from {array.min():g} to {array.max():g}); "
+                       "give uint8, or divide by 255")
+    return array
+
+
 def to_uint8(image) -> np.ndarray:
     """Float pixels in [0, 1] (clipped) -> uint8, rounded; uint8 passes through. fom's one conversion."""
     image = np.asarray(image)

@@ -5,6 +5,7 @@ position is the keypoint (the paper's "soft-argmax"). The jacobian of each keypo
 predicted 2x2 field, weighted by the same probability map.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,3 +56,27 @@ class KeypointDetector(nn.Module):
             jacobian = (heatmap.unsqueeze(2) * jacobian_map).view(n, k, 4, -1).sum(dim=-1)
             keypoints["jacobian"] = jacobian.view(n, k, 2, 2)
         return keypoints
+
+
+# The size of a keypoint cloud, for relative motion's adapt-scale (FOMM's and TPSMM's).
+def convex_hull_area(points):
+    """Area of the convex hull of (M, 2) points (Andrew's monotone chain, float64). 0 for degenerate sets."""
+    points = np.unique(np.asarray(points, dtype=np.float64), axis=0)
+    if len(points) < 3:
+        return 0.0
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    def half_hull(sorted_points):
+        hull = []
+        for p in sorted_points:
+            while len(hull) >= 2 and cross(hull[-2], hull[-1], p) <= 0:
+                hull.pop()
+            hull.append(p)
+        return hull[:-1]
+
+    ordered = points[np.lexsort((points[:, 1], points[:, 0]))]
+    hull = np.array(half_hull(ordered) + half_hull(ordered[::-1]))
+    x, y = hull[:, 0], hull[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))

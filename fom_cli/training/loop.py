@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -86,53 +87,76 @@ def training_step(batch, device, generator_full, discriminator_full, discriminat
 
 # --- the whole run ------------------------------------------------------------------------------------------
 
-def train(args):
-    """`fom train`. Returns a summary: out_dir, checkpoint, epochs, iterations (of this process),
+@dataclass
+class TrainOptions:
+    """What `fom train` is asked, as its options name it. None: the config's value (epochs, batch_size,
+    num_repeats), or for the run's own options (no_perceptual, keep_checkpoints, seed) the resumed run's, else
+    their defaults (setup.RUN_OPTIONS)."""
+
+    config: Optional[str] = None
+    data: Optional[str] = None
+    out: Optional[str] = None
+    resume: Optional[str] = None
+    init: Optional[str] = None
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    num_repeats: Optional[int] = None
+    vgg_weights: Optional[str] = None
+    no_perceptual: Optional[bool] = None
+    workers: Optional[int] = None
+    seed: Optional[int] = None
+    keep_checkpoints: Optional[bool] = None
+    device: str = "auto"
+    quiet: bool = False
+
+
+def train(options):
+    """`fom train` with TrainOptions. Returns a summary: out_dir, checkpoint, epochs, iterations (of this process),
     epoch_losses (one dict of mean losses per epoch, over this process's iterations),
     seconds_per_iteration (the mean, leaving out the first) and networks (the trained modules). Nothing
     is kept per iteration: a run of a million iterations holds as much as one of ten."""
     rank, world_size, local_rank = distributed_environment()
-    device = choose_device(args.device, local_rank)
+    device = choose_device(options.device, local_rank)
     join_processes = world_size > 1 and not dist.is_initialized()
     if join_processes:
         # NCCL between GPUs; gloo for CPUs. torchrun's environment says where the other processes are.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        run = prepare_run(args, rank, world_size, device)
-        return train_epochs(args, run)
+        run = prepare_run(options, rank, world_size, device)
+        return train_epochs(options, run)
     finally:
         if join_processes:
             dist.destroy_process_group()
 
 
-def prepare_run(args, rank, world_size, device):
+def prepare_run(options, rank, world_size, device):
     """Config, run folder, networks (fresh, fine-tuned or resumed), optimisers and the loss modules."""
-    if args.workers is not None and args.workers < 0:
-        raise FomError(f"--workers must be 0 or more, got {args.workers}")
+    if options.workers is not None and options.workers < 0:
+        raise FomError(f"--workers must be 0 or more, got {options.workers}")
     # Training reads the whole original (discriminator, optimisers), not the slim file animation uses.
-    checkpoint_path = resolve_checkpoint(args.resume or args.init, args.quiet or rank != 0, full=True)
+    checkpoint_path = resolve_checkpoint(options.resume or options.init, options.quiet or rank != 0, full=True)
     checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
-    restored = resolve_run_options(args, checkpoint if args.resume else None)
-    config = training_config(args, checkpoint, checkpoint_path)
+    restored = resolve_run_options(options, checkpoint if options.resume else None)
+    config = training_config(options, checkpoint, checkpoint_path)
     train_params, model_params = config["train_params"], config["model_params"]
     num_epochs, batch_size = train_params["num_epochs"], train_params["batch_size"]
     if batch_size % world_size:
         raise BadConfig(f"the batch size {batch_size} does not split evenly over {world_size} processes; "
                         f"pass --batch-size with a multiple of {world_size}")
-    out_dir = run_folder(args, config)
+    out_dir = run_folder(options, config)
 
     # VGG19 first: without its weights, stop before anything else takes time.
     weights = loss_weights(train_params)
-    use_vgg = sum(weights["perceptual"]) != 0 and not args.no_perceptual
+    use_vgg = sum(weights["perceptual"]) != 0 and not options.no_perceptual
     if use_vgg:
         check_vgg_input_size(config)
-    vgg = load_vgg19(args.vgg_weights).to(device) if use_vgg else None
+    vgg = load_vgg19(options.vgg_weights).to(device) if use_vgg else None
 
-    networks, notes = build_networks(config, args.seed, checkpoint, checkpoint_path, bool(args.init), world_size,
+    networks, notes = build_networks(config, options.seed, checkpoint, checkpoint_path, bool(options.init), world_size,
                                      device)
     optimizers, schedulers = build_optimizers(networks, train_params)
     start_epoch = 0
-    if args.resume:
+    if options.resume:
         start_epoch = resume_state(checkpoint, checkpoint_path, optimizers, schedulers)
         if start_epoch >= num_epochs:
             raise FomError(f"{checkpoint_path} has already trained {start_epoch} of {num_epochs} epochs; pass --epochs "
@@ -163,16 +187,16 @@ def prepare_run(args, rank, world_size, device):
                discriminator_full=discriminator_full, start_epoch=start_epoch, notes=notes)
 
 
-def train_epochs(args, run):
+def train_epochs(options, run):
     """Train from run.start_epoch to the config's num_epochs, writing logs and checkpoints."""
     train_params = run.config["train_params"]
     num_epochs = train_params["num_epochs"]
-    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
-    dataset, sampler, loader = training_data(run.config, args.seed, run.rank, run.world_size, workers, run.device)
-    log = RunLog(run.out_dir, run.config, args.quiet) if run.is_main else None
+    workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
+    dataset, sampler, loader = training_data(run.config, options.seed, run.rank, run.world_size, workers, run.device)
+    log = RunLog(run.out_dir, run.config, options.quiet) if run.is_main else None
     for note in run.notes if run.is_main else []:
         log.note(note)
-    show_progress = run.is_main and not args.quiet
+    show_progress = run.is_main and not options.quiet
     if show_progress:
         processes = f" x {run.world_size} processes" if run.world_size > 1 else ""
         print(f"fom train: {config_name(run.config)} on {run.device}{processes}, {len(loader)} iterations per "
@@ -185,7 +209,7 @@ def train_epochs(args, run):
         for epoch in range(run.start_epoch, num_epochs):
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch)
-            sums, batch, generated = train_one_epoch(args, run, loader, epoch, log, timing, show_progress)
+            sums, batch, generated = train_one_epoch(options, run, loader, epoch, log, timing, show_progress)
             epoch_losses.append({name: total / len(loader) for name, total in sums.items()})
             with warnings.catch_warnings():
                 # Without a generator GAN loss the discriminator's optimiser never steps; its schedule still
@@ -195,7 +219,7 @@ def train_epochs(args, run):
                     scheduler.step()
             mean_losses = mean_over_processes(epoch_losses[-1], run.world_size)
             if log is not None:
-                end_of_epoch(args, run, log, epoch, mean_losses, batch, generated, checkpoint_file, show_progress)
+                end_of_epoch(options, run, log, epoch, mean_losses, batch, generated, checkpoint_file, show_progress)
             del batch, generated
     finally:
         if log is not None:
@@ -211,7 +235,7 @@ def train_epochs(args, run):
             "seconds_per_iteration": seconds_per_iteration, "networks": run.networks}
 
 
-def train_one_epoch(args, run, loader, epoch, log, timing, show_progress):
+def train_one_epoch(options, run, loader, epoch, log, timing, show_progress):
     """Every batch of one epoch, counting iterations and their seconds in `timing`; returns (loss sums, the
     last batch, its generated outputs)."""
     from fom_cli.progress import progress_bar
@@ -221,7 +245,7 @@ def train_one_epoch(args, run, loader, epoch, log, timing, show_progress):
     generator = run.networks["generator"]
     # The equivariance warps of this epoch and process: a fresh stream per epoch, so a resumed run draws
     # exactly what the uninterrupted one would have.
-    warp_generator = torch.Generator().manual_seed(stream_seed(args.seed, epoch, run.rank))
+    warp_generator = torch.Generator().manual_seed(stream_seed(options.seed, epoch, run.rank))
     sums = {}
     progress = progress_bar(loader, desc=f"epoch {epoch + 1}/{train_params['num_epochs']}",
                             disable=not show_progress, dynamic_ncols=True, leave=False)
@@ -247,7 +271,7 @@ def train_one_epoch(args, run, loader, epoch, log, timing, show_progress):
     return sums, batch, generated
 
 
-def end_of_epoch(args, run, log, epoch, mean_losses, batch, generated, checkpoint_file, show_progress):
+def end_of_epoch(options, run, log, epoch, mean_losses, batch, generated, checkpoint_file, show_progress):
     """The first process's work after an epoch: the log line, the picture and, when due, the checkpoint."""
     num_epochs = run.config["train_params"]["num_epochs"]
     rates = {name: optimizer.param_groups[0]["lr"] for name, optimizer in run.optimizers.items()}
@@ -257,7 +281,7 @@ def end_of_epoch(args, run, log, epoch, mean_losses, batch, generated, checkpoin
                                                             in mean_losses.items()), file=sys.stderr)
     if (epoch + 1) % run.config["train_params"].get("checkpoint_freq", num_epochs) == 0 or epoch == num_epochs - 1:
         checkpoint = training_checkpoint(run.config, run.networks, run.optimizers, run.schedulers, epoch,
-                                         {name: getattr(args, name) for name in RUN_OPTIONS})
+                                         {name: getattr(options, name) for name in RUN_OPTIONS})
         save_checkpoint(checkpoint_file, checkpoint)
-        if args.keep_checkpoints:
+        if options.keep_checkpoints:
             save_checkpoint(run.out_dir / f"checkpoint-{epoch + 1:05d}.pth.tar", checkpoint)

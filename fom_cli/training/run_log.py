@@ -17,17 +17,17 @@ from fom_cli.media.images import to_uint8, write_image
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 
 
-def run_folder(args, config):
-    if args.out:
-        out_dir = Path(args.out)
-    elif args.resume and Path(args.resume).exists():  # not for a model name: its folder is the cache
-        out_dir = Path(args.resume).parent
+def run_folder(options, config):
+    if options.out:
+        out_dir = Path(options.out)
+    elif options.resume and Path(options.resume).exists():  # not for a model name: its folder is the cache
+        out_dir = Path(options.resume).parent
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         out_dir = Path("runs") / f"{config_name(config)}-{stamp}"
     if out_dir.exists() and not out_dir.is_dir():
         raise BadOutput(f"--out {out_dir} is a file; give a folder for the run")
-    if not args.resume and (out_dir / CHECKPOINT_NAME).exists():
+    if not options.resume and (out_dir / CHECKPOINT_NAME).exists():
         raise BadOutput(f"{out_dir} already holds a training run; continue it with --resume "
                         f"{out_dir / CHECKPOINT_NAME} or choose another --out")
     return out_dir

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fom_cli.animation import pick_device
+from fom_cli.runtime import pick_device
 from fom_cli.checkpoint import infer_config, load_state, make_checkpoint, shape_mismatches
 from fom_cli.config import config_family, config_name, load_config, validate
 from fom_cli.errors import BadCheckpoint, BadConfig, BadInput
@@ -28,10 +28,10 @@ SMALLEST_VGG_INPUT = 16
 
 # --- the config ---------------------------------------------------------------------------------------------
 
-def training_config(args, checkpoint, checkpoint_path):
+def training_config(options, checkpoint, checkpoint_path):
     """The config to train with: --config (or the checkpoint's), with the command-line overrides applied."""
-    if args.config:
-        config = load_config(args.config)
+    if options.config:
+        config = load_config(options.config)
     elif checkpoint is not None:
         config, _ = infer_config(checkpoint, checkpoint_path)
     else:
@@ -42,10 +42,10 @@ def training_config(args, checkpoint, checkpoint_path):
     config = copy.deepcopy(config)
     dataset_params = config.setdefault("dataset_params", {})
     train_params = config.setdefault("train_params", {})
-    if args.data:
-        dataset_params["root_dir"] = str(args.data)
-    for flag, value, key in (("--epochs", args.epochs, "num_epochs"), ("--batch-size", args.batch_size, "batch_size"),
-                             ("--num-repeats", args.num_repeats, "num_repeats")):
+    if options.data:
+        dataset_params["root_dir"] = str(options.data)
+    for flag, value, key in (("--epochs", options.epochs, "num_epochs"), ("--batch-size", options.batch_size, "batch_size"),
+                             ("--num-repeats", options.num_repeats, "num_repeats")):
         if value is not None:
             if value < 1:
                 raise BadConfig(f"{flag} must be 1 or more, got {value}")
@@ -183,15 +183,15 @@ def training_data(config, seed, rank, world_size, workers, device):
 RUN_OPTIONS = {"no_perceptual": False, "keep_checkpoints": False, "seed": 0}
 
 
-def resolve_run_options(args, resumed_checkpoint=None):
+def resolve_run_options(options, resumed_checkpoint=None):
     """Fill in the run options the command line left unset (None): the resumed run's own, else the
     defaults. Returns {name: value} of those taken from the checkpoint."""
     stored = (resumed_checkpoint or {}).get("run_options") or {}
     restored = {}
     for name, default in RUN_OPTIONS.items():
-        if getattr(args, name, None) is None:
+        if getattr(options, name, None) is None:
             value = stored.get(name, default)
-            setattr(args, name, value)
+            setattr(options, name, value)
             if name in stored:
                 restored[name] = value
     return restored

@@ -12,6 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
+from fom_cli.models.keypoints import convex_hull_area
+
 # Each thin-plate spline is fitted to this many keypoints.
 POINTS_PER_TPS = 5
 ANIMATION_MODES = ("standard", "relative", "avd")
@@ -34,9 +36,6 @@ class TpsKeypointDetector(nn.Module):
 def movement_scale(kp_source, kp_driving_initial):
     """sqrt(source hull area) / sqrt(driving hull area) of the first image of each batch: how much bigger
     the source's keypoint cloud is than the driving video's (1 when the driving cloud is degenerate)."""
-    # Imported here: fom_cli.animation imports the networks, so a module-level import would be circular.
-    from fom_cli.animation import convex_hull_area
-
     source_area = convex_hull_area(kp_source[0].detach().cpu().numpy())
     driving_area = convex_hull_area(kp_driving_initial[0].detach().cpu().numpy())
     if driving_area == 0:
