@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from fom_cli import __version__
 from fom_cli.config import bundled_config_names, bundled_dir, config_family, config_name, load_config, validate, \
@@ -47,8 +48,10 @@ def default_checkpoint():
 
 def _strip_module_prefix(state_dict):
     """DataParallel saves 'module.<key>'; the networks expect '<key>'."""
+    # Only when every key has the prefix (a whole network saved from DataParallel): torch's function
+    # alone would also rename the keys of a submodule that happens to be called `module`.
     if state_dict and all(key.startswith("module.") for key in state_dict):
-        return {key[len("module."):]: value for key, value in state_dict.items()}
+        consume_prefix_in_state_dict_if_present(state_dict, "module.")
     return state_dict
 
 

@@ -73,14 +73,12 @@ class Face:
 
 def iou(box_a, box_b):
     """Intersection over union of two (left, top, right, bottom) boxes: 1 for equal boxes, 0 for disjoint."""
-    overlap_width = min(box_a[2], box_b[2]) - max(box_a[0], box_b[0])
-    overlap_height = min(box_a[3], box_b[3]) - max(box_a[1], box_b[1])
-    if overlap_width <= 0 or overlap_height <= 0:
-        return 0.0
-    overlap = overlap_width * overlap_height
-    area_a = (box_a[2] - box_a[0]) * (box_a[3] - box_a[1])
-    area_b = (box_b[2] - box_b[0]) * (box_b[3] - box_b[1])
-    return overlap / (area_a + area_b - overlap)
+    import torch  # here, not at the top: importing this module (`fom crop --help`) must not load torch
+    from torchvision.ops import box_iou
+
+    # float64, as Python's own arithmetic: box_iou would compute integer boxes in float32.
+    overlap = box_iou(torch.tensor([box_a], dtype=torch.float64), torch.tensor([box_b], dtype=torch.float64))
+    return float(overlap.nan_to_num(0.0))  # two boxes without area: 0 / 0, no overlap
 
 
 def grown(box, factor):
@@ -114,11 +112,15 @@ def keep_best_of_overlapping(faces, max_iou=0.3):
     One face can fire a detector twice (dlib has five HOG filters: frontal, turned left/right, tilted), and
     two boxes for one face would make two crops of it.
     """
-    kept = []
-    for face in sorted(faces, key=lambda face: face.score, reverse=True):
-        if all(iou(face.box, other.box) <= max_iou for other in kept):
-            kept.append(face)
-    return kept
+    import torch
+    from torchvision.ops import nms
+
+    # nms keeps the best-scored box and drops those overlapping it by more than max_iou, then the next. It
+    # is given ranks rather than scores: its sort may reorder equal scores, Python's stable sort does not.
+    ranked = sorted(faces, key=lambda face: face.score, reverse=True)
+    boxes = torch.tensor([face.box for face in ranked], dtype=torch.float64).reshape(-1, 4)
+    kept = nms(boxes, torch.arange(len(ranked), 0, -1, dtype=torch.float64), max_iou)
+    return [ranked[index] for index in kept.tolist()]
 
 
 # --- the working copy ------------------------------------------------------------------------------------

@@ -167,6 +167,7 @@ def lookup(name, models=None):
 
 def cache_home():
     """$FOM_HOME, else the platform's user cache folder + fom."""
+    # Written out, not platformdirs: it would use a relative XDG_CACHE_HOME, and (4.6+) XDG_CACHE_HOME on macOS.
     if os.environ.get("FOM_HOME"):
         return Path(os.environ["FOM_HOME"]).expanduser()
     if sys.platform == "win32":

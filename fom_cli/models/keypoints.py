@@ -8,6 +8,7 @@ predicted 2x2 field, weighted by the same probability map.
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import ConvexHull, QhullError
 from torch import nn
 
 from fom_cli.models.blocks import AntiAliasInterpolation2d, Hourglass, make_coordinate_grid
@@ -60,23 +61,12 @@ class KeypointDetector(nn.Module):
 
 # The size of a keypoint cloud, for relative motion's adapt-scale (FOMM's and TPSMM's).
 def convex_hull_area(points):
-    """Area of the convex hull of (M, 2) points (Andrew's monotone chain, float64). 0 for degenerate sets."""
-    points = np.unique(np.asarray(points, dtype=np.float64), axis=0)
-    if len(points) < 3:
+    """Area of the convex hull of (M, 2) points, as the original demo computes it (scipy's ConvexHull).
+    0 for a degenerate set: fewer than 3 distinct points, or all of them on one line."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 3:  # Qhull needs 3 (and for none at all raises ValueError, not QhullError)
         return 0.0
-
-    def cross(o, a, b):
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-    def half_hull(sorted_points):
-        hull = []
-        for p in sorted_points:
-            while len(hull) >= 2 and cross(hull[-2], hull[-1], p) <= 0:
-                hull.pop()
-            hull.append(p)
-        return hull[:-1]
-
-    ordered = points[np.lexsort((points[:, 1], points[:, 0]))]
-    hull = np.array(half_hull(ordered) + half_hull(ordered[::-1]))
-    x, y = hull[:, 0], hull[:, 1]
-    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    try:
+        return float(ConvexHull(points).volume)  # a 2-D hull's "volume" is its area
+    except QhullError:  # points all on one line or one point: Qhull refuses a flat set instead of answering 0
+        return 0.0
