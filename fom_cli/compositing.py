@@ -23,16 +23,70 @@ class Window:
         return (self.left, self.top, self.left + self.side, self.top + self.side)
 
 
-def square_window(box, increase, frame_height, frame_width):
-    """The crop window for a face box, as the original crop-video.py draws it, kept inside the frame.
+# --- the face window: the one square cut around a face -------------------------------------------------
+#
+# `fom crop` (photos, and videos with a fixed or a following window) and `fom animate --face` (the
+# photo's faces and the driving video's) all cut faces by face_window: a face is framed the same way
+# wherever it is cut.
+#
+# The released vox checkpoints were trained on VoxCeleb crops: the whole head inside the square, hair
+# included, with a little room above it; the face (forehead to chin) filling about the middle half of the
+# side, its centre a little below the square's centre; the neck and collar below the chin. A detector's
+# box (S3FD's, or dlib's grown to that size by faces.DLIB_TO_WIDER_FACE_SCALE) spans about forehead to
+# chin, and the rest of the head is found from it. Measured by hand on matplotlib's grace_hopper.jpg and
+# skimage's astronaut (HEAD_POINTS in tests/test_crop.py): the top of the head (Grace Hopper's cap, the
+# astronaut's hair) lies 0.94 and 0.99 box sides above the box's centre, the chin 0.44 and 0.51 below.
+# So the head's square is HEAD_SCALE box sides, centred HEAD_RISE box sides above the box's centre: from
+# the top of the head to below the chin. --increase adds its margin around that square (0.1 of its side
+# on each side, the margin the original crop-video.py put around its boxes). On the two photos the head's
+# top then lies 5 and 6% of the window's side below its top edge, the chin at 77 and 85%, and the box
+# spans from about 30% to 82% of the side: the face a little below the middle, the neck below it.
+#
+# The previous rule, the box plus --increase (1.2 box sides, centred on the box), cut the top of the head
+# off both photos (Grace Hopper's cap by 75 px, the astronaut's hair by 42 px).
+HEAD_SCALE = 1.6
+HEAD_RISE = 0.15
+# --increase's default, in `fom crop` and (fom_cli/options.py) `fom animate`: one window for both.
+INCREASE = 0.1
 
-    The box grows by `increase` of its size on each side and becomes a square around its centre (side:
-    (1 + 2 * increase) times the box's longer side). A square reaching past the frame's edge slides back
-    in rather than shrinking, so the face keeps its margin and the crop its aspect ratio; only a square
-    larger than the frame itself reaches past it (covering the whole frame, black beyond).
+
+def face_square(box, increase=INCREASE):
+    """(centre x, centre y, side) of the face window of a detector's box, before it is fitted into a frame.
+
+    Only the box's centre and its longer side count, so a box and the square box with its centre and
+    longer side give the same window (the smoothed followers build such square boxes).
     """
     left, top, right, bottom = box
-    side = max(1, round((1 + 2 * increase) * max(right - left, bottom - top)))
+    size = max(right - left, bottom - top)
+    side = (1 + 2 * increase) * HEAD_SCALE * size
+    return (left + right) / 2, (top + bottom) / 2 - HEAD_RISE * size, side
+
+
+def face_window(box, frame_height, frame_width, increase=INCREASE):
+    """The window cut around a face: its head with a margin, as the training data frames it (see above)."""
+    return fitted_window(*face_square(box, increase), frame_height, frame_width)
+
+
+def face_window_over(boxes, frame_height, frame_width, increase=INCREASE):
+    """One fixed window for a face seen in several boxes (a clip's frames): the smallest square holding
+    the face window of every box, so the head keeps its margin wherever it goes. (Growing the union of
+    the boxes instead would multiply the face's movement by the window's scale as well.)"""
+    squares = np.array([face_square(box, increase) for box in boxes], dtype=np.float64)
+    centre_x, centre_y, side = squares[:, 0], squares[:, 1], squares[:, 2]
+    left, right = (centre_x - side / 2).min(), (centre_x + side / 2).max()
+    top, bottom = (centre_y - side / 2).min(), (centre_y + side / 2).max()
+    return fitted_window((left + right) / 2, (top + bottom) / 2, max(right - left, bottom - top),
+                         frame_height, frame_width)
+
+
+def fitted_window(centre_x, centre_y, side, frame_height, frame_width):
+    """The square of `side` pixels around a centre, in whole pixels, slid inside the frame.
+
+    A square reaching past the frame's edge slides back in rather than shrinking, so the face keeps its
+    margin and the crop its aspect ratio; only a square larger than the frame itself reaches past it
+    (covering the whole frame, black beyond).
+    """
+    side = max(1, round(side))
 
     def place(centre, frame_extent):
         start = round(centre - side / 2)
@@ -41,7 +95,12 @@ def square_window(box, increase, frame_height, frame_width):
         lowest, highest = sorted((0, frame_extent - side))
         return min(max(start, lowest), highest)
 
-    return Window(left=place((left + right) / 2, frame_width), top=place((top + bottom) / 2, frame_height), side=side)
+    return Window(left=place(centre_x, frame_width), top=place(centre_y, frame_height), side=side)
+
+
+def square_window(box, increase, frame_height, frame_width):
+    """face_window with the arguments in their earlier order (fom_cli/face_animation.py calls it so)."""
+    return face_window(box, frame_height, frame_width, increase)
 
 
 def cut(frame, window, size):
@@ -60,7 +119,7 @@ def cut(frame, window, size):
 
 # The outer share of a window's side over which a pasted face fades into the photo. FOMM's frames move
 # the background near the crop's border a little too, and a wide fade hides that seam; the face itself
-# sits in the middle of the window (square_window's margin), where the mask is 1.
+# sits in the middle of the window (face_window's margin), where the mask is 1.
 FEATHER = 0.15
 
 

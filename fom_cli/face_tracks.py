@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from fom_cli.compositing import cut, square_window
+from fom_cli.compositing import cut, face_window, face_window_over
 from fom_cli.faces import iou, union_box
 
 # A detector misses a face now and then (a blink, a turn, motion blur). A tube survives this long without
@@ -118,23 +118,29 @@ class Clip:
 
 
 def clip_for_tube(number, tube, last_frame, frame_size, increase, smooth, fps):
-    """The clip of a tube: one window over the union of its boxes, or (smooth) a window following it."""
+    """The clip of a tube: one window holding the face in every frame, or (smooth) a window following it.
+
+    Either way every frame's window comes from compositing's face rule (face_window), the same one
+    `fom crop` cuts photos with and `fom animate --face` cuts photos and driving videos with.
+    """
     frame_height, frame_width = frame_size
     boxes = tube.boxes_per_frame(last_frame)
-    face_box = union_box(boxes)
     if not smooth:
-        windows = [square_window(face_box, increase, frame_height, frame_width)] * len(boxes)
+        windows = [face_window_over(boxes, frame_height, frame_width, increase)] * len(boxes)
     else:
         # Smooth centre and size rather than the four sides: a face's size changes slower than its place,
-        # and a window built from them stays square whatever the smoothing does.
+        # and face_window needs no more (it squares the box by its longer side anyway).
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         sizes = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         track = gaussian_smooth(np.column_stack([centres, sizes]), SMOOTH_SECONDS * fps)
-        windows = [square_window((x - size / 2, y - size / 2, x + size / 2, y + size / 2), increase,
-                                 frame_height, frame_width)
-                   for x, y, size in track]
+        windows = [face_window(square_box(x, y, size), frame_height, frame_width, increase) for x, y, size in track]
     return Clip(number=number, first_frame=tube.first_frame, last_frame=last_frame, windows=windows,
-                face_box=face_box)
+                face_box=union_box(boxes))
+
+
+def square_box(centre_x, centre_y, size):
+    """The (left, top, right, bottom) box of side `size` around a centre: a smoothed track's box."""
+    return (centre_x - size / 2, centre_y - size / 2, centre_x + size / 2, centre_y + size / 2)
 
 
 # --- the driving face of `fom animate --crop-driving`, followed as a stream -------------------------------
@@ -154,9 +160,17 @@ DRIVING_MAX_SIDE = 640
 NEAR_REGION = 2.5
 NEAR_FACE_SIDE = 120
 
+# The scale of that region is kept from detection to detection, and set again only when the face's size
+# has changed by more than this factor. dlib's boxes come in steps of about 1.2 times (its image pyramid):
+# with a scale set anew from each box, each box came out a step larger or smaller than the one before,
+# so the window of a face holding still kept growing and shrinking (the astronaut photo held still: 17
+# different windows in two seconds, their sides up to 7% apart). At one scale a still face keeps its box.
+NEAR_RESCALE = 1.5
+
 
 class DrivingFollower:
-    """The face of a driving video followed through it as a stream, and its square cut out of each frame.
+    """The face of a driving video followed through it as a stream, and its face window (compositing's
+    face_window, as `fom crop` cuts) cut out of each frame.
 
     The face is detected every few frames (DETECTIONS_PER_SECOND): near where it was (NEAR_REGION), and
     on a downscaled copy of the whole frame only where it is not found there. Between detections its box
@@ -183,6 +197,7 @@ class DrivingFollower:
         weights = np.exp(-0.5 * (offsets / sigma) ** 2) if sigma > 0 else (offsets == 0).astype(float)
         self.weights = weights / weights.sum()
         self.first_box = None
+        self.near_scale_side = None  # the face size the near search's scale is set for (NEAR_RESCALE)
         self.seconds = 0.0  # time spent detecting, smoothing and cutting (fom bench reads it)
 
     def detect(self, frame):
@@ -198,7 +213,9 @@ class DrivingFollower:
         if right - left < 2 or bottom - top < 2:
             return []
         region = frame[top:bottom, left:right]
-        found = self.detector.detect(region, max_side=max(region.shape[:2]) * NEAR_FACE_SIDE / side)
+        if self.near_scale_side is None or not 1 / NEAR_RESCALE < side / self.near_scale_side < NEAR_RESCALE:
+            self.near_scale_side = side
+        found = self.detector.detect(region, max_side=max(region.shape[:2]) * NEAR_FACE_SIDE / self.near_scale_side)
         return [dataclasses.replace(face, box=(face.box[0] + left, face.box[1] + top, face.box[2] + left,
                                                face.box[3] + top)) for face in found]
 
@@ -226,8 +243,7 @@ class DrivingFollower:
         for frame, (x, y, side) in self.smoothed(self.boxes(self.reader.frames(start, stop))):
             started = time.perf_counter()
             height, width = frame.shape[:2]
-            window = square_window((x - side / 2, y - side / 2, x + side / 2, y + side / 2), self.increase,
-                                   height, width)
+            window = face_window(square_box(x, y, side), height, width, self.increase)
             square = cut(frame, window, self.size).astype(np.float32) / 255
             self.seconds += time.perf_counter() - started
             yield square, window

@@ -1,15 +1,22 @@
 """Find faces in photos and videos and write square, model-ready crops.
 
-Photos: the most prominent face (or, with --all-faces, every face) is cut out as a square with a margin
-around it and written as OUTDIR/<name>_<n>.png at --size x --size pixels.
+Every crop is framed as the VoxCeleb crops the released vox checkpoints were trained on: the whole head,
+hair included, with --increase of margin around it, the face a little below the middle (the face window
+of fom_cli/compositing.py, the one `fom animate --face` cuts too).
+
+Photos: the most prominent face (or, with --all-faces, every face) is cut out as such a square and
+written as OUTDIR/<name>_<n>.png at --size x --size pixels. A folder stands for the photos in it, each
+cropped on its own, unless it holds one video's frames: two or more pictures of one size whose names
+differ only in a number (frame_0001.png, frame_0002.png, ...). Give such pictures as files (DIR/*.jpg)
+to crop them as photos.
 
 Videos: faces are detected frame by frame and linked over time into "tubes", one per face that stays
 in view. Every tube lasting at least --min-frames (default: one second) becomes a square clip,
 OUTDIR/<name>_<n>.mp4, with the input's frame rate and the matching stretch of its audio (a note says
-how many shorter ones were left out). The crop window is fixed over the whole tube (the union of the
-face's boxes, as the original crop-video.py) while the face stays near where it started, and follows
-the face when it moves away or with --smooth. --print-ffmpeg prints the original's ffmpeg commands
-instead (fixed windows only; after the mkdir -p that creates OUTDIR).
+how many shorter ones were left out). The crop window is fixed over the whole tube (the square holding
+the face's window in every frame, as the original crop-video.py fixed its window) while the face stays
+near where it started, and follows the face when it moves away or with --smooth. --print-ffmpeg prints
+the original's ffmpeg commands instead (fixed windows only; after the mkdir -p that creates OUTDIR).
 
 An input that gives no crop (no face, or none that stays --min-frames) is skipped with a warning naming
 it. Exit code: 0 when every input gave crops, 1 when some were skipped and others were cropped, 2 when
@@ -26,6 +33,7 @@ a clip the union of its boxes), first_frame, last_frame and fps (photos: 0, 0 an
 
 examples:
   fom crop photos/*.jpg -o crops/
+  fom crop photos/ -o crops/          (a folder of photos: each photo cropped)
   fom crop interview.mp4 -o clips/ --smooth --json
   fom crop talk.mp4 -o clips/ --detector sfd --print-ffmpeg
 """
@@ -33,6 +41,7 @@ examples:
 import dataclasses
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -40,11 +49,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fom_cli import faces as face_detection
-from fom_cli.compositing import cut, square_window
+from fom_cli.compositing import INCREASE, cut, face_window
 from fom_cli.errors import BadInput, BadOutput
 from fom_cli.face_tracks import MAX_MISSING_SECONDS, clip_for_tube, link_tubes
 from fom_cli.media.files import remove_directories
-from fom_cli.media.images import IMAGE_EXTENSIONS, read_image, resize_uint8, write_image
+from fom_cli.media.images import IMAGE_EXTENSIONS, frame_files, image_size, read_image, resize_uint8, write_image
 from fom_cli.media.video_in import VideoReader
 from fom_cli.media.video_out import VideoWriter
 from fom_cli.options import add_device, add_quiet, fraction, non_negative_float, positive_int
@@ -56,13 +65,15 @@ PHOTO_DETAIL = 2
 
 
 def configure_parser(parser):
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="photos and videos (shell globs welcome)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="photos, videos and folders (of photos, or of one video's frames); shell globs welcome")
     parser.add_argument("-o", "--output-dir", required=True, metavar="OUTDIR",
                         help="directory for the crops (created if missing)")
     parser.add_argument("--size", type=positive_int, default=256,
                         help="side of the square crops in pixels (default: 256)")
-    parser.add_argument("--increase", type=non_negative_float, default=0.1,
-                        help="margin added on each side of the face box, as a fraction of its size (default: 0.1)")
+    parser.add_argument("--increase", type=non_negative_float, default=INCREASE,
+                        help="margin around the head (hair to below the chin) on each side, as a fraction of its "
+                             f"size; 0 cuts at the top of the head (default: {INCREASE})")
     parser.add_argument("--all-faces", action="store_true",
                         help="photos: one crop per face instead of the most prominent face only")
     parser.add_argument("--detector", choices=face_detection.DETECTORS, default="dlib",
@@ -128,9 +139,9 @@ def print_ffmpeg(command, output_dir, args):
 class Skipped(BadInput):
     """An input that gave no crop. Among several inputs it is skipped with a warning; alone, it is the error."""
 
-    def __init__(self, path, reason):
-        super().__init__(f"{reason} in {path}")
-        self.path, self.reason = path, reason
+    def __init__(self, path, reason, hint=None):
+        super().__init__(f"{reason} in {path}" + (f"; {hint}" if hint else ""))
+        self.path, self.reason = path, reason + (f"; {hint}" if hint else "")
 
 def run(args):
     """Crop every input; a run that fails removes the output folders it created, when they are empty."""
@@ -147,8 +158,9 @@ def run(args):
 
 
 def crop_inputs(args):
-    # A path given twice (overlapping shell globs) is cropped once.
-    inputs = list(dict.fromkeys(Path(name) for name in args.inputs))
+    # Folders of photos stand for their photos. A path given twice (overlapping shell globs, or a photo
+    # given and in a folder given) is cropped once.
+    inputs = list(dict.fromkeys(path for name in args.inputs for path in photos_or_video(Path(name))))
     check_inputs(inputs)
     output_dir = Path(args.output_dir)
     if args.smooth and args.print_ffmpeg:
@@ -191,6 +203,35 @@ def crop_inputs(args):
 def is_photo(path):
     """Photos by their suffix; everything else is a video: files, animated GIFs, directories of frames."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir()
+
+
+def photos_or_video(path):
+    """The inputs a path stands for: for a folder of photos, its photos (each cropped on its own); for
+    anything else, a file or a folder of one video's frames (see is_frame_folder), the path itself."""
+    if not path.is_dir():
+        return [path]
+    pictures = [Path(name) for name in frame_files(path)]
+    if not pictures or is_frame_folder(pictures):
+        return [path]  # a folder without pictures stays one input, refused as a video without frames
+    return pictures
+
+
+def is_frame_folder(pictures):
+    """True when a folder's pictures are one video's frames: two or more, of one size, named alike but for
+    one number (frame_0001.png, frame_0002.png, ...; 0001.png, 0002.png). Photos differ in size or in
+    name (alice.jpg, bob.jpg), and reading them as a video failed at the first of another size."""
+    if len(pictures) < 2:
+        return False
+    # Each name split into its text and its numbers: frames share the text, and of their numbers only one
+    # changes from name to name (photos named by date and time differ in several).
+    splits = [re.split(r"(\d+)", picture.name.lower()) for picture in pictures]
+    if any(len(parts) != len(splits[0]) or parts[0::2] != splits[0][0::2] for parts in splits):
+        return False
+    numbers_at_each_place = zip(*(parts[1::2] for parts in splits))
+    if sum(len(set(numbers)) > 1 for numbers in numbers_at_each_place) != 1:
+        return False
+    sizes = {image_size(picture) for picture in pictures}
+    return len(sizes) == 1 and None not in sizes
 
 
 def output_name(input_path, number):
@@ -264,7 +305,7 @@ def crop_photo(input_path, output_dir, detector, args):
         raise Skipped(input_path, "no face found")
     chosen = found if args.all_faces else found[:1]
     for number, face in enumerate(chosen, start=1):
-        window = square_window(face.box, args.increase, frame_height, frame_width)
+        window = face_window(face.box, frame_height, frame_width, args.increase)
         output_path = output_dir / output_name(input_path, number)
         if args.print_ffmpeg:
             print_ffmpeg(ffmpeg_command(input_path, output_path, window, (frame_height, frame_width), args.size),
@@ -328,7 +369,11 @@ def crop_video(input_path, output_dir, detector, args):
         note(f"{followed} face(s) in {input_path.name} moved away from where they started: their crop windows "
              f"follow them (as with --smooth)", args)
     if not clips:
-        raise Skipped(input_path, f"no face stays {min_frames} frames (--min-frames)" if tubes else "no face found")
+        # Numbered pictures of one size in a folder are read as a video's frames, but may be photos.
+        hint = (f"its pictures were read as one video's frames; to crop each as a photo, give them as files "
+                f"({input_path}/*)" if input_path.is_dir() else None)
+        raise Skipped(input_path, f"no face stays {min_frames} frames (--min-frames)" if tubes else "no face found",
+                      hint)
 
     if args.print_ffmpeg:
         for clip in clips:

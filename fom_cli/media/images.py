@@ -32,6 +32,22 @@ def read_image(path) -> np.ndarray:
     return to_float_rgb(decode_image(path))
 
 
+def image_size(path):
+    """(height, width) of a picture as read_image returns it (EXIF orientation applied), from its header
+    alone; None when the header cannot be read (reading the picture then says what is wrong)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            # EXIF orientations 5 to 8 turn the picture by a quarter: decode_image swaps its sides.
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except Exception:  # Pillow raises many kinds of error for a damaged file
+        return None
+    return height, width
+
+
 def check_image_path(path):
     extension = os.path.splitext(path)[1].lower()
     if not os.path.exists(path):
