@@ -39,6 +39,7 @@ examples:
 """
 
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -269,14 +270,9 @@ def check_no_earlier_crops(inputs, output_dir):
     """Refuse to mix crops with those of an earlier run (which might have had more faces)."""
     for path in inputs:
         suffix = Path(output_name(path, 1)).suffix
-        earlier = sorted(output_dir.glob(f"{glob_escape(path.stem)}_[0-9]*{suffix}"))
+        earlier = sorted(output_dir.glob(f"{glob.escape(path.stem)}_[0-9]*{suffix}"))
         if earlier:
             raise BadOutput(f"{earlier[0]} exists (an earlier run?); pass --overwrite or choose another -o")
-
-
-def glob_escape(text):
-    """text with glob's special characters made literal (file names may hold [ ] * ?)."""
-    return "".join(f"[{character}]" if character in "[]*?" else character for character in text)
 
 
 def note(message, args):
