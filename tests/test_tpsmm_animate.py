@@ -318,8 +318,8 @@ def test_winograd_convolution_error_is_within_its_float32_bound(size):
     assert torch.equal(autocast, winograd)
 
 
-def test_memory_does_not_grow_with_a_30_second_driving_video(tmp_path, networks, reference):
-    """30 s of driving video (750 frames at 25 fps) in the memory 2 s take: it streams through the TpsAnimator."""
+def test_memory_does_not_grow_with_an_18_second_driving_video(tmp_path, networks, reference):
+    """18 s of driving video (450 frames at 25 fps) in the memory 2 s take: it streams through the TpsAnimator."""
     from fom_cli.checkpoint import make_checkpoint, save_checkpoint
     from test_speed import peak_rss_during
 
@@ -328,7 +328,7 @@ def test_memory_does_not_grow_with_a_30_second_driving_video(tmp_path, networks,
     save_checkpoint(tmp_path / "tps-64.pth", make_checkpoint(config, networks))
     frames = to_uint8(reference["driving"][:, ::2, ::2])
     short = make_clip(tmp_path / "short.mp4", np.concatenate([frames] * 8)[:50], fps=25, tone=False)
-    long = make_clip(tmp_path / "long.mp4", np.concatenate([frames] * 94)[:750], fps=25, tone=False)
+    long = make_clip(tmp_path / "long.mp4", np.concatenate([frames] * 57)[:450], fps=25, tone=False)
     source = tmp_path / "source.png"
     iio.imwrite(source, to_uint8(reference["source"][::2, ::2]))
 
@@ -339,6 +339,6 @@ def test_memory_does_not_grow_with_a_30_second_driving_video(tmp_path, networks,
     animate(short, tmp_path / "warm-up.mp4")  # allocator and thread pools settle
     peak_short = peak_rss_during(lambda: animate(short, tmp_path / "short-out.mp4"))
     peak_long = peak_rss_during(lambda: animate(long, tmp_path / "long-out.mp4"))
-    assert probe(tmp_path / "long-out.mp4").num_frames == 750
-    # Holding the 700 extra predictions would take 700 x 48 KiB = 33 MiB, and as much for the driving frames.
+    assert probe(tmp_path / "long-out.mp4").num_frames == 450
+    # Holding the 400 extra predictions would take 400 x 48 KiB = 19 MiB, and as much for the driving frames.
     assert peak_long - peak_short < 12, (peak_short, peak_long)
