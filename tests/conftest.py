@@ -3,6 +3,7 @@
 import contextlib
 import gzip
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,9 @@ SMALL_CHECKPOINT = PARITY / "small.pth.tar"
 ORIGINAL_CONFIGS = ["vox-256", "vox-adv-256", "taichi-256", "taichi-adv-256", "bair-256", "fashion-256",
                     "mgif-256", "nemo-256"]
 
-# Two cores: keep torch from oversubscribing them when pytest runs alongside ffmpeg threads.
-torch.set_num_threads(2)
+# Two cores: keep torch from oversubscribing them when pytest runs alongside ffmpeg threads; with the
+# suite split over pytest-xdist's workers, one thread each.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @contextlib.contextmanager
