@@ -1,9 +1,9 @@
 """The one animation engine: `fom animate`, `fom batch`, `fom bench` and the Python API all run this loop.
 
-    driving frames ──▶ [follow the driving face] ──▶ animator per source face ──▶ [paste back, panels] ──▶ sink
-    (video file, frames      (--crop-driving)          (FOMM or TPSMM: source      (--paste-back,           (video with
-     folder, GIF, arrays,                               side once, driving          --side-by-side)          sound, GIF,
-     any iterator)                                      frames in batches)                                   frames, list)
+    driving frames ─▶ [follow the face] ─▶ animator per source face ─▶ [paste back, panels] ─▶ sink
+    (a video file, a     (--crop-driving)    (FOMM or TPSMM: the source   (--paste-back,         (a video with
+     frames folder,                           side once, driving frames    --side-by-side)        sound, a GIF,
+     arrays, iterators)                       in batches)                                         PNG frames, a list)
 
 What every combination shares lives here once: --start/--duration select driving frames by time, --fps
 repeats or drops them so the duration (and the sound) stay, the best frame (given or found) is where
@@ -25,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 
+from fom_cli.animation import pose_distance
 from fom_cli.config import frame_size
 from fom_cli.errors import BadInput, BadOutput
 from fom_cli.face_animation import (DEFAULT_MAX_SIZE, SourceFace, Timer, bounded_photo, find_source_faces,
@@ -37,7 +38,7 @@ from fom_cli.media.images import (IMAGE_EXTENSIONS, aspect_ratio_differs, check_
                                   to_uint8)
 from fom_cli.media.video_in import VIDEO_EXTENSIONS, VideoReader, prefetch
 from fom_cli.media.video_out import VideoWriter, check_video_output, is_frames_folder
-from fom_cli.animation import pose_distance
+from fom_cli.options import ANIMATION_MODES, DETECTORS, FITS, MAX_FPS, MIN_FPS
 from fom_cli.progress import progress_bar
 from fom_cli.runtime import default_batch_size
 
@@ -45,12 +46,6 @@ from fom_cli.runtime import default_batch_size
 # prints them on stderr; a program using the API sees them only if it asks (logging's default shows
 # warnings alone).
 log = logging.getLogger("fom_cli")
-
-ANIMATION_MODES = ("relative", "absolute", "avd")
-FITS = ("crop", "pad", "stretch")
-DETECTORS = ("dlib", "sfd", "auto")
-# --fps: below 1 frame/s a short clip becomes hours of stills, above 240 no player shows the frames.
-MIN_FPS, MAX_FPS = 1, 240
 
 
 @dataclass
@@ -193,7 +188,8 @@ class FrameStream:
             raise BadInput("a stream of driving frames can be read once: a best frame or a followed face needs "
                            "a video file or a list of frames")
         self._used = True
-        frames = itertools.chain([self._first], (check_image_array(frame, "driving frames") for frame in self._iterator))
+        rest = (check_image_array(frame, "driving frames") for frame in self._iterator)
+        frames = itertools.chain([self._first], rest)
         return itertools.islice(frames, start, stop)
 
     def shortfall(self):
@@ -405,8 +401,8 @@ class Animation:
         count = None if stop is None else stop - first
         if options.best_frame is not None:
             if count is not None and options.best_frame >= count:
-                raise BadInput(f"--best-frame {options.best_frame} is outside {self.driving.path or 'the driving frames'}"
-                               f" (frames 0 to {count - 1})")
+                name = self.driving.path or "the driving frames"
+                raise BadInput(f"--best-frame {options.best_frame} is outside {name} (frames 0 to {count - 1})")
             initial = next(iter(self.driving_squares(first + options.best_frame, first + options.best_frame + 1)),
                            None)
             if initial is None:

@@ -14,6 +14,8 @@ ANIMATION_MODES = ("relative", "absolute", "avd")
 
 # --fps: below 1 frame/s a short clip becomes hours of stills, above 240 no player shows the frames.
 MIN_FPS, MAX_FPS = 1, 240
+FITS = ("crop", "pad", "stretch")
+DETECTORS = ("dlib", "sfd", "auto")
 
 
 # --- value types ------------------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def add_animation_options(parser):
                        help="find the driving frame whose pose best matches the source (face landmarks when "
                             "face-alignment's model is cached, else the model's own keypoints)")
     media = parser.add_argument_group("frames and output")
-    media.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
+    media.add_argument("--fit", choices=FITS, default="crop",
                        help="how frames of another aspect ratio are fitted to the model's frame: centre crop "
                             "(default), pad with black, or stretch (the original's behaviour)")
     media.add_argument("--start", type=non_negative_float, default=0.0, metavar="SECONDS",
@@ -177,7 +179,7 @@ def add_face_options(parser):
     faces.add_argument("--increase", type=non_negative_float, default=0.1,
                        help="margin around each face box, as a fraction of its size, as in `fom crop` "
                             "(default: 0.1)")
-    faces.add_argument("--detector", choices=("dlib", "sfd", "auto"), default="dlib",
+    faces.add_argument("--detector", choices=DETECTORS, default="dlib",
                        help="face detector, as in `fom crop`: dlib (default, offline), sfd (S3FD, needs its "
                             "weights cached), auto")
     faces.add_argument("--detector-weights", metavar="PATH", help="S3FD weights file for --detector sfd/auto")

@@ -182,8 +182,27 @@ def load_tpsmm_networks():
     return networks
 
 
+def once_per_run(name, tmp_path_factory, produce):
+    """produce() -> {name: array}, computed once per test run even when pytest-xdist splits the suite over
+    several processes: the first to ask computes and saves it, the others wait for it and load it (the
+    float64 results take 5 to 17 s; computed by two workers at once on two cores, twice that each)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return produce()
+    from filelock import FileLock
+
+    path = tmp_path_factory.getbasetemp().parent / f"{name}.npz"
+    with FileLock(f"{path}.lock"):
+        if not path.is_file():
+            np.savez(path, **produce())
+        return dict(np.load(path))
+
+
 @pytest.fixture(scope="session")
-def tpsmm_exact():
+def tpsmm_exact(tmp_path_factory):
+    return once_per_run("tpsmm-float64", tmp_path_factory, tpsmm_float64_results)
+
+
+def tpsmm_float64_results():
     """What the TPSMM parity fixture's networks compute in float64 (see assert_parity), in the original's
     names: kp_source, kp_driving; <mode>_kp_norm from the reference's keypoints; relative_f3_* from the
     reference's frame-3 keypoints; <mode>_prediction end to end (the networks' own keypoints, as
@@ -204,7 +223,8 @@ def tpsmm_exact():
     with torch.inference_mode(), torch_threads(2):   # whatever the test module asked for: float64 is slow
         kp_source, kp_driving = networks["kp_detector"](source), networks["kp_detector"](driving)
         exact["kp_source"], exact["kp_driving"] = kp_source[0], kp_driving
-        given_source, given_driving = torch.tensor(data["kp_source"]).double()[None], torch.tensor(data["kp_driving"]).double()
+        given_source = torch.tensor(data["kp_source"]).double()[None]
+        given_driving = torch.tensor(data["kp_driving"]).double()
         for mode in ANIMATION_MODES:
             exact[f"{mode}_kp_norm"] = animation_keypoints(mode, given_source, given_driving, given_driving[:1],
                                                            networks["avd_network"])
@@ -222,8 +242,15 @@ def tpsmm_exact():
 
 
 @pytest.fixture(scope="session")
-def fomm_exact():
-    """{align_corners: what the FOMM parity fixture's networks compute in float64} (see assert_parity), in
+def fomm_exact(tmp_path_factory):
+    """{align_corners: what the FOMM parity fixture's networks compute in float64} (fomm_float64_results)."""
+    results = once_per_run("fomm-float64", tmp_path_factory, fomm_float64_results)
+    return {align_corners: {name.split("/", 1)[1]: value for name, value in results.items()
+                            if name.startswith(f"{align_corners}/")} for align_corners in (False, True)}
+
+
+def fomm_float64_results():
+    """{"<align_corners>/<name>": what the FOMM parity fixture's networks compute in float64} (see assert_parity), in
     the original's names: kp_source_*, kp_driving_*; <mode>_kp_norm_* from the reference's keypoints;
     <mode>_prediction end to end (the networks' own keypoints, as demo.make_animation); relative_f3_*
     from the reference's frame-3 keypoints."""
@@ -271,5 +298,5 @@ def fomm_exact():
                 exact[f"relative_f3_{name}"] = out[name]
             exact["relative_f3_deformed_by_its_flow"] = generator.deform(
                 source, torch.tensor(data["relative_f3_deformation"]).double())
-        results[align_corners] = {name: value.numpy() for name, value in exact.items()}
+        results.update({f"{align_corners}/{name}": value.numpy() for name, value in exact.items()})
     return results

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fom_cli.errors import FomError, first_line, is_out_of_memory, os_error_message, out_of_memory_message
-from fom_cli.options import (ANIMATION_MODES, add_animation_options, frame_rate, non_negative_float, non_negative_int,
-                             positive_float, positive_int)
 from fom_cli.commands import animation_options, load_requested_model
 from fom_cli.engine import AnimationOptions, animate_file, check_driving, check_outputs, check_source
+from fom_cli.options import (ANIMATION_MODES, FITS, add_animation_options, frame_rate, non_negative_float,
+                             non_negative_int, positive_float, positive_int)
 
 REQUIRED_COLUMNS = ("source", "driving", "output")
 
@@ -52,7 +52,7 @@ def choice(*allowed):
 # column -> parser of its cells; the names are those of `fom animate`'s options.
 JOB_OPTIONS = {
     "mode": choice(*ANIMATION_MODES), "adapt_scale": boolean, "best_frame": non_negative_int,
-    "find_best_frame": boolean, "fit": choice("crop", "pad", "stretch"), "fps": frame_rate,
+    "find_best_frame": boolean, "fit": choice(*FITS), "fps": frame_rate,
     "no_audio": boolean, "side_by_side": boolean, "start": non_negative_float, "duration": positive_float,
     "face": boolean, "crop_source": boolean, "crop_driving": boolean, "paste_back": boolean, "all_faces": boolean,
     "max_size": positive_int,
