@@ -9,6 +9,7 @@ Through the API (the model loaded once per family), and a share of the same thro
 """
 
 import math
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -150,6 +151,35 @@ def test_the_cli_and_batch_columns_run_the_same_combinations(inputs, tpsmm_check
     check_output(tmp_path / "c.gif", FRAMES, FPS)
     check_output(tmp_path / "d.mp4", FRAMES, 50, sound)
     assert np.array_equal(iio.imread(tmp_path / "a.mp4", index=1), iio.imread(tmp_path / "cli.mp4", index=1))
+
+
+# The matrix's options as `fom batch` columns (a frames folder is an output without an extension).
+BATCH_COLUMNS = ("face", "crop_source", "paste_back", "all_faces", "fps", "start", "duration", "best_frame",
+                 "find_best_frame", "side_by_side")
+
+
+@pytest.mark.parametrize("family", ["fomm", "tpsmm"])
+def test_the_matrix_through_batch_columns(inputs, tpsmm_checkpoint, tmp_path, capsys, family):
+    """Every combination that works, as one `fom batch` file: the model loaded once, one row per pair."""
+    photo, driving, sound = inputs
+    model = (["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG] if family == "fomm" else
+             ["--checkpoint", tpsmm_checkpoint, "--config", TPSMM_PARITY / "small.yaml"])
+    rows, expected = [], []
+    for face_mode, face_options in FACE_MODES.items():
+        for variation, (options, name, used, fps) in VARIATIONS.items():
+            if (face_mode, variation) in REFUSED:
+                continue
+            output = f"{face_mode}-{variation}" + ("" if name.endswith("/") else Path(name).suffix)
+            cells = {**face_options, **options}
+            rows.append(",".join([str(photo), str(driving), output] +
+                                 [str(cells.get(column, "")).lower() for column in BATCH_COLUMNS]))
+            expected.append((tmp_path / output, used, fps, options.get("start", 0.0)))
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(",".join(("source", "driving", "output") + BATCH_COLUMNS) + "\n" + "\n".join(rows) + "\n")
+    code, _, err = run_cli(["batch", jobs, *model, "--batch-size", "3", "--quiet"], capsys)
+    assert code == 0, err
+    for output, used, fps, start in expected:
+        check_output(output, used, fps, sound if output.suffix == ".mp4" else None, start)
 
 
 def test_batch_refuses_a_row_that_cannot_work_before_the_model_loads(inputs, tmp_path, capsys):
