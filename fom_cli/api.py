@@ -23,10 +23,11 @@ import numpy as np
 
 from fom_cli.checkpoint import BUNDLED_MODEL
 from fom_cli.config import frame_size, load_config
-from fom_cli.engine import Animation, AnimationOptions, animate_file, check_outputs, driving_source
+from fom_cli.engine import Animation, AnimationOptions, animate_file, check_outputs, check_source, driving_source
+from fom_cli.errors import BadInput
 from fom_cli.families import load_networks
 from fom_cli.fetch import checkpoint_or_bundled
-from fom_cli.media.images import to_uint8
+from fom_cli.media.images import read_image, to_uint8
 from fom_cli.runtime import AUTOCAST_DTYPES, pick_device
 
 log = logging.getLogger("fom_cli")
@@ -79,9 +80,6 @@ class Model:
 def source_image(source):
     """A source given as a path (read as the CLI reads it) or as an array (checked when animated)."""
     if isinstance(source, (str, Path)):
-        from fom_cli.engine import check_source
-        from fom_cli.media.images import read_image
-
         return read_image(check_source(source))
     return source
 
@@ -97,8 +95,6 @@ def load_model(checkpoint=None, device="auto", precision="fp32", config=None, al
     True or False. compile: torch.compile the networks (GPUs). progress: report a download on stderr.
     """
     if precision not in AUTOCAST_DTYPES:
-        from fom_cli.errors import BadInput
-
         raise BadInput(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, not {precision!r}")
     device = pick_device(device)
     path = checkpoint_or_bundled(str(checkpoint) if checkpoint is not None else None, quiet=not progress)

@@ -201,7 +201,7 @@ def driving_source(driving, fps=None):
     if isinstance(driving, (str, os.PathLike)):
         return VideoReader(check_driving(driving))
     if isinstance(driving, (np.ndarray, list, tuple)):
-        return FramesInMemory(np.asarray(driving) if not isinstance(driving, np.ndarray) else driving, fps or 25.0)
+        return FramesInMemory(np.asarray(driving), fps or 25.0)
     return FrameStream(driving, fps or 25.0)
 
 
