@@ -2,10 +2,17 @@
 (fom_cli/registry.py), downloaded on first use with a progress bar, checked and slimmed, then read from
 the cache ever after.
 
-A download goes to <file>.part and resumes (HTTP Range) after a cut connection or an interrupted run; a
-per-model file lock makes two processes fetching one model take turns. Checking: sha256 when the
-registry has it; else the size when known, and always a weights_only=True load whose every tensor must
-fit the entry's config. A file that fails is deleted and never used.
+Downloads that cannot be corrupted:
+- each URL has its own partial file (cache/.parts/), resumed only with `If-Range` on the ETag or
+  Last-Modified date of the reply that started it: a server whose file changed sends the whole new file,
+  and a partial file is never continued with another file's bytes;
+- a `206` that starts elsewhere than asked, or a `200` to a range request, starts the file again;
+- redirects are followed by hand, so that one from https to plain http is refused;
+- a per-model lock makes two processes take turns; a waiting one gives up, naming the lock and the
+  process holding it, when that process makes no progress for FOM_LOCK_TIMEOUT seconds (default 300).
+Checking: `registry.verification` ("sha256", "structure" or "digest unknown: <hex>", the last with a
+warning). A download that fails its check is deleted (it is fom's own); a file the user put in the cache
+that fails is moved aside to NAME.rejected, never deleted.
 
 requests does the HTTP (streaming, Range, proxies from the environment) and filelock the cross-process
 lock; they are imported only when a download happens, so animating from the cache stays as fast as before.
@@ -13,17 +20,26 @@ lock; they are imported only when a download happens, so animating from the cach
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
+import json
+import logging
 import os
 import re
-import sys
+import socket
+import time
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urljoin, urlsplit
 
 from fom_cli.errors import BadCheckpoint, BadInput, BadOutput, FomError
-from fom_cli.media.files import AtomicOutput, os_error_line, remove_path
+from fom_cli.media.files import AtomicOutput, os_error_line, remove_path, write_json
 from fom_cli.progress import progress_bar
-from fom_cli.registry import (NAME_PATTERN, checkpoints_dir, full_path, is_offline, load_registry, lookup, part_path, slim_path)
+from fom_cli.registry import (NAME_PATTERN, checkpoints_dir, full_path, is_offline, legacy_part_path, load_registry,
+                              lookup, origin_path, part_path, parts_dir, rejected_path, slim_path, url_allowed,
+                              verification)
+
+log = logging.getLogger("fom_cli")
 
 # (connect, read) seconds: a server that accepts nothing, or stops sending, fails the URL instead of hanging.
 HTTP_TIMEOUTS = (15, 60)
@@ -32,6 +48,11 @@ HASH_CHUNK_BYTES = 1 << 20
 DOWNLOAD_CHUNK_BYTES = 64 << 10
 # Each retry of a cut connection must have received more bytes than the one before; this bounds the rest.
 MAX_ATTEMPTS_PER_URL = 50
+# A server that cannot say which file it sends (no ETag, no Last-Modified) cannot be resumed safely: a cut
+# download starts again from the first byte, this many times at most.
+MAX_RESTARTS_WITHOUT_VALIDATOR = 2
+MAX_REDIRECTS = 10
+LOCK_TIMEOUT_SECONDS = 300
 
 
 class VerificationFailed(Exception):
@@ -51,10 +72,23 @@ def resolve_checkpoint(name_or_path, quiet=False, full=False):
     if name_or_path is None:
         return None
     path = Path(name_or_path)
-    if path.exists():
-        return path
     name = str(name_or_path)
-    if not NAME_PATTERN.fullmatch(name):
+    is_name = bool(NAME_PATTERN.fullmatch(name))
+    if path.exists():
+        models = load_registry() if is_name else {}
+        if name not in models:
+            return path
+        # A file or folder here spelled like a released model: say which one is taken.
+        from fom_cli.checkpoint import why_not_a_checkpoint
+
+        if path.is_file() and why_not_a_checkpoint(path) is None:
+            note(quiet, f"using the file {path.resolve()}, not the released model '{name}' (`fom download {name}` "
+                     "prints the cached model's path, to pass instead)")
+            return path
+        kind = "a folder" if path.is_dir() else "a file that is not a checkpoint"
+        note(quiet, f"./{name} is {kind}, so --checkpoint {name} means the released model '{name}'")
+        return ensure_cached(models[name], quiet=quiet, full=full)
+    if not is_name:
         # A path that does not exist: the caller's reader says so, unless it is a released file's name.
         released = [model for model in load_registry().values() if model.file == path.name]
         if released:
@@ -74,14 +108,14 @@ def checkpoint_or_bundled(name_or_path, quiet=False):
 def ensure_cached(model, quiet=False, full=False):
     """The cached file of `model` (the slim one, or with `full` the original), fetching and checking it first
     when needed. The slim file is made whenever the original passes its check."""
-    slim, original, part = slim_path(model), full_path(model), part_path(model)
+    slim, original = slim_path(model), full_path(model)
     if not full and slim.is_file():
         return slim
     from fom_cli.config import load_config
 
     config = load_config(model.config)  # a registry naming a broken config stops before any download
     try:
-        checkpoints_dir().mkdir(parents=True, exist_ok=True)
+        parts_dir().mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise BadOutput(f"cannot create the model cache {checkpoints_dir()} ({os_error_line(error)}); set "
                         "FOM_HOME to a writable folder") from None
@@ -89,67 +123,140 @@ def ensure_cached(model, quiet=False, full=False):
         # Another process may have fetched it while this one waited for the lock.
         if not full and slim.is_file():
             return slim
+        downloaded = None
         if original.is_file():
             # Kept by --keep-full, or put there by hand and never checked: check it every time it is read
             # whole (training starts), and once for animation (then the slim file serves).
             try:
                 checkpoint, digest = verify(original, model, config, quiet)
             except VerificationFailed as failure:
-                remove_path(original)
-                raise BadCheckpoint(f"{original} is not the '{model.name}' checkpoint: {failure}; deleted it "
-                                    f"(`fom download {model.name}` fetches it again)") from None
-            fetched_from = None
-            if not full and not quiet:
-                print(f"note: checked {original} ({check_summary(model)}); kept what animation needs at {slim}",
-                      file=sys.stderr)
+                aside = move_aside(original, model)
+                raise BadCheckpoint(f"{original} is not the '{model.name}' checkpoint: {failure}; moved it to "
+                                    f"{aside} (`fom download {model.name}` fetches the released file)") from None
+            source = "the cache (put there by hand or kept by --keep-full)"
         elif is_offline():
             missing = f"the whole original of model '{model.name}' (training needs it)" if slim.is_file() else \
                 f"model '{model.name}'"
             raise FomError(f"{missing} is not in the cache and FOM_OFFLINE is set; download "
                            f"{' or '.join(model.urls)} and put it at {original} (fom checks it on first use)")
         else:
-            checkpoint, digest, fetched_from = download_verified(model, config, part, quiet)
+            checkpoint, digest, downloaded, source = download_verified(model, config, quiet)
+        warn_if_digest_unknown(model, digest, f"the file from {source}" if downloaded else str(original))
         if not slim.is_file():
             write_slim(model, checkpoint, config, digest, slim)
+            write_json(origin_path(model), {"file": model.file, "sha256": digest,
+                                            "size": (downloaded or original).stat().st_size, "source": source,
+                                            "checked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         del checkpoint
-        if fetched_from is not None:
+        if downloaded is not None:
             if full:
-                os.replace(part, original)
+                commit_download(downloaded, original)
             else:
-                os.remove(part)
-            if not quiet:
-                kept = f"kept the original at {original}" if full else \
-                    f"kept what animation needs at {slim} ({slim.stat().st_size / 2 ** 20:.1f} MiB)"
-                print(f"note: downloaded {model.name} from {fetched_from}, checked it ({check_summary(model)}); "
-                      f"{kept}", file=sys.stderr)
+                discard_download(downloaded)
+            kept = f"kept the original at {original}" if full else \
+                f"kept what animation needs at {slim} ({slim.stat().st_size / 2 ** 20:.1f} MiB)"
+            note(quiet, f"downloaded {model.name} from {source}, checked it ({verification(model, digest)}); {kept}")
+        elif not full:
+            note(quiet, f"checked {original} ({verification(model, digest)}); kept what animation needs at {slim}")
     return original if full else slim
 
 
-def check_summary(model):
-    """How a file of `model` is checked, in a few words for the note after a download."""
-    published = ("sha256, " if model.sha256 else "") + ("size, " if model.size else "")
-    return f"{published}every tensor against the config" + ("" if model.sha256 else "; no sha256 is published")
+def note(quiet, message):
+    """A note on stderr through the CLI's handler (none with --quiet; the Python API shows notes only if asked)."""
+    if not quiet:
+        log.info(message)
 
+
+def warn_if_digest_unknown(model, digest, what):
+    """Digests are published and this file matches none, yet its tensors fit: say so, with its digest."""
+    if model.sha256 and digest not in model.sha256:
+        log.warning(f"{what} has sha256 {digest}, which is not among the published digests of '{model.name}'; its "
+                    "tensors fit the model, so it is used (please report the digest if this is a known copy)")
+
+
+def move_aside(path, model):
+    """A file the user put in the cache failed its check: rename it, never delete it (it may be a 700 MB
+    download of something else they want)."""
+    aside = rejected_path(model)
+    try:
+        os.replace(path, aside)
+    except OSError as error:
+        raise BadOutput(f"{path} failed its check and could not be moved aside to {aside} "
+                        f"({os_error_line(error)}); move or remove it yourself") from None
+    return aside
+
+
+# --- taking turns -----------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def download_lock(model, quiet):
     """Hold the model's lock file: two processes fetching one model (two `fom batch --shard` runs) take turns,
-    and the second finds the first one's file."""
+    and the second finds the first one's file. The holder writes its process id beside the lock, so that a
+    waiting process can say who holds it. A process that dies releases the lock with it (an OS file lock)."""
     from filelock import FileLock, Timeout
 
     locks = checkpoints_dir() / ".locks"
     locks.mkdir(exist_ok=True)
-    lock = FileLock(str(locks / f"{model.file}.lock"))
+    lock_file = locks / f"{model.file}.lock"
+    owner_file = locks / f"{model.file}.owner"
+    lock = FileLock(str(lock_file))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        if not quiet:
-            print(f"note: another fom process is fetching {model.name}; waiting for it", file=sys.stderr)
-        lock.acquire()
+        wait_for_lock(lock, lock_file, owner_file, model, quiet)
     try:
+        owner_file.write_text(f"{os.getpid()} {socket.gethostname()}\n")
         yield
     finally:
+        with contextlib.suppress(OSError):
+            owner_file.unlink()
         lock.release()
+
+
+def wait_for_lock(lock, lock_file, owner_file, model, quiet):
+    """Wait while the holder's download grows; give up after FOM_LOCK_TIMEOUT seconds without progress."""
+    from filelock import Timeout
+
+    limit = lock_timeout()
+    try:
+        owner = owner_file.read_text().split()[0]
+    except (OSError, IndexError):
+        owner = "unknown"
+    note(quiet, f"another fom process (pid {owner}) is fetching {model.name}; waiting for it")
+    progress, since = download_progress(model), time.monotonic()
+    while True:
+        try:
+            lock.acquire(timeout=min(1.0, limit))
+            return
+        except Timeout:
+            now = download_progress(model)
+            if now != progress:
+                progress, since = now, time.monotonic()
+            elif time.monotonic() - since >= limit:
+                raise FomError(f"another process (pid {owner}) has held {lock_file} for {limit:g} s without "
+                               f"progress on '{model.name}'; end it, or wait and run again (FOM_LOCK_TIMEOUT "
+                               "sets how long to wait)") from None
+
+
+def lock_timeout():
+    value = os.environ.get("FOM_LOCK_TIMEOUT", "")
+    try:
+        seconds = float(value) if value else LOCK_TIMEOUT_SECONDS
+    except ValueError:
+        raise BadInput(f"FOM_LOCK_TIMEOUT must be a number of seconds, not '{value}'") from None
+    if seconds <= 0:
+        raise BadInput(f"FOM_LOCK_TIMEOUT must be a positive number of seconds, not '{value}'")
+    return seconds
+
+
+def download_progress(model):
+    """What the holder of the lock has done so far: the sizes of this model's partial downloads and cache files."""
+    paths = list(parts_dir().glob(f"{glob.escape(model.file)}.*")) + [slim_path(model), full_path(model)]
+    sizes = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            sizes.append((path.name, path.stat().st_size))
+    return sorted(sizes)
 
 
 # --- checking ---------------------------------------------------------------------------------------------
@@ -222,15 +329,18 @@ def sha256_of(path, quiet, label):
 
 
 def verify(path, model, config, quiet):
-    """(checkpoint, sha256) of a file that is `model`; VerificationFailed says why it is not."""
-    size = os.path.getsize(path)
-    if model.size is not None and size != model.size:
-        raise VerificationFailed(f"it has {size:,} bytes where the registry says {model.size:,}")
+    """(checkpoint, sha256) of a file that is `model`; VerificationFailed says why it is not. A digest the
+    registry accepts proves the bytes; the structure check runs all the same (a user registry may pair a
+    file with the wrong config) and is the only proof where no digest matches."""
     digest = sha256_of(path, quiet, f"checking {model.name}")
-    if model.sha256 and digest != model.sha256:
-        raise VerificationFailed(f"its sha256 is {digest} where the registry says {model.sha256}")
-    # Also with a matching sha256: a user registry may pair a file with the wrong config.
-    return FAMILIES[model.family].load_checked(path, config), digest
+    try:
+        return FAMILIES[model.family].load_checked(path, config), digest
+    except VerificationFailed as failure:
+        if model.sha256 and digest not in model.sha256:
+            published = " or ".join(model.sha256)
+            raise VerificationFailed(f"its sha256 is {digest} where the registry says {published}, and {failure}") \
+                from None
+        raise
 
 
 def write_slim(model, checkpoint, config, digest, path):
@@ -251,56 +361,97 @@ def write_slim(model, checkpoint, config, digest, path):
 
 # --- downloading ------------------------------------------------------------------------------------------
 
-def download_verified(model, config, part, quiet):
-    """Fetch the model into `part`, URL after URL, until one delivers a file that passes the check.
-    Returns (checkpoint, sha256, url). A file that fails is deleted; a cut download stays for the next run."""
+def download_verified(model, config, quiet):
+    """Fetch the model URL after URL until one delivers a file that passes the check. Returns (checkpoint,
+    sha256, the downloaded file, url). A file that fails is deleted; a cut download stays for the next run."""
+    remove_path(legacy_part_path(model))
     failures = []
     for url in model.urls:
+        part = part_path(model, url)
         try:
             download(url, part, model, quiet)
         except UrlFailed as failure:
             failures.append(f"{url}: {failure}")
             continue
         try:
-            return (*verify(part, model, config, quiet), url)
+            return (*verify(part, model, config, quiet), part, url)
         except VerificationFailed as failure:
-            remove_path(part)
+            discard_download(part)
             failures.append(f"{url} served a file that failed the check: {failure}; deleted it")
-    resume = f"; the partial download {part} resumes next time" if part.exists() else ""
+    resumable = [part_path(model, url) for url in model.urls if part_path(model, url).exists()]
+    resume = f"; the partial download {resumable[0]} resumes next time" if resumable else ""
     raise FomError(f"could not download model '{model.name}' ({'; '.join(failures)}){resume}; or download it by "
                    f"hand and put it at {full_path(model)}")
 
 
-def download(url, part, model, quiet):
-    """Download `url` into `part`, continuing from what `part` already holds (HTTP Range). A connection cut
-    mid-way is resumed at once as long as each attempt gets further than the last."""
-    import requests
+def record_path(part):
+    """The JSON beside a partial download: its URL and the validator (ETag or Last-Modified) that started it."""
+    return part.with_name(part.name + ".json")
 
+
+def commit_download(part, destination):
+    os.replace(part, destination)
+    remove_path(record_path(part))
+
+
+def discard_download(part):
+    remove_path(part)
+    remove_path(record_path(part))
+
+
+def read_validator(part, url):
+    """The validator a partial download was started with, or None when it cannot be resumed safely."""
+    try:
+        record = json.loads(record_path(part).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("url") != url or not isinstance(record.get("validator"), str):
+        return None
+    return record["validator"]
+
+
+def response_validator(response):
+    """What identifies the file a reply carries, for If-Range: a strong ETag, else Last-Modified. A weak ETag
+    (W/"...") may not be used in If-Range (RFC 9110 13.1.5)."""
+    etag = response.headers.get("ETag", "")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified") or None
+
+
+def download(url, part, model, quiet):
+    """Download `url` into `part`, resuming what an earlier attempt with the same validator left there. A
+    connection cut mid-way is resumed at once as long as each attempt gets further than the last."""
+    validator = read_validator(part, url)
+    if validator is None:  # nothing, or bytes of unknown origin: start from the first byte
+        discard_download(part)
     progress = None  # made at the first answer, so that a URL that never answers prints no empty bar
+    restarts = 0
     try:
         for _ in range(MAX_ATTEMPTS_PER_URL):
             have = part.stat().st_size if part.exists() else 0
-            if model.size is not None and have >= model.size:
-                if have == model.size:
-                    return  # complete: an earlier run was stopped between download and check
-                remove_path(part)
-                have = 0
-            try:
-                response = requests.get(url, headers={"Range": f"bytes={have}-"} if have else {}, stream=True,
-                                        timeout=HTTP_TIMEOUTS)
-            except requests.RequestException as error:
-                raise UrlFailed(network_reason(error)) from None
-            with response:
-                if response.status_code == 416 and have:
+            if model.size is not None and have > model.size:
+                discard_download(part)
+                have, validator = 0, None
+            headers = {"Range": f"bytes={have}-", "If-Range": validator} if have else {}
+            with open_url(url, headers, model) as response:
+                status = response.status_code
+                if status == 416 and have:
                     # Nothing left to send from `have` on: the part is whole, or longer than the file.
                     if content_range_total(response) == have:
                         return
-                    remove_path(part)
+                    discard_download(part)
                     continue
-                if response.status_code not in (200, 206):
-                    raise UrlFailed(f"HTTP {response.status_code} {response.reason or ''}".strip())
-                if response.status_code == 200 or content_range_start(response) != have:
-                    have = 0  # the server sends the whole file (it ignored the Range): start again
+                if status not in (200, 206):
+                    raise UrlFailed(f"HTTP {status} {response.reason or ''}".strip())
+                if status == 206 and (content_range_start(response) != have or not same_file(response, validator)):
+                    # Bytes from somewhere else than asked, or of another file: start again from the first.
+                    discard_download(part)
+                    continue
+                if status == 200 or not have:
+                    # The whole file: the server ignores ranges, or If-Range said the file has changed.
+                    have, validator = 0, response_validator(response)
+                    start_record(part, url, validator)
                 total = response_total(response, have)
                 if model.size is not None and total is not None and total != model.size:
                     raise UrlFailed(f"it serves {total:,} bytes where the registry says {model.size:,}")
@@ -309,16 +460,17 @@ def download(url, part, model, quiet):
                                             desc=f"downloading {model.name}", disable=quiet)
                 progress.reset(total=total)
                 progress.update(have)
-                try:
-                    received = write_body(response, part, have, progress)
-                except (requests.RequestException, ConnectionError, TimeoutError) as error:
-                    cut = network_reason(error)
-                else:
-                    cut = None if total is None or have + received == total else "the connection closed early"
+                cut = write_body(response, part, have, progress, total)
             if cut is None:
                 return
             now = part.stat().st_size if part.exists() else 0
-            if now <= have:
+            if validator is None:
+                # No way to ask for "the rest of this same file": start again, a bounded number of times.
+                restarts += 1
+                if restarts > MAX_RESTARTS_WITHOUT_VALIDATOR:
+                    raise UrlFailed(f"{cut}, and the server names no ETag or date to resume by")
+                discard_download(part)
+            elif now <= have:
                 raise UrlFailed(cut)
             # It got further: ask for the rest.
         raise UrlFailed(f"still incomplete after {MAX_ATTEMPTS_PER_URL} attempts")
@@ -327,25 +479,80 @@ def download(url, part, model, quiet):
             progress.close()
 
 
-def write_body(response, part, have, progress):
-    """Append the response body to `part` (or start it when `have` is 0); returns the bytes received."""
+def start_record(part, url, validator):
+    """Begin a new partial download: its bytes are cleared, and its validator written beside it."""
+    try:
+        part.write_bytes(b"")
+        if validator:
+            record_path(part).write_text(json.dumps({"url": url, "validator": validator}))
+        else:
+            remove_path(record_path(part))
+    except OSError as error:
+        raise BadOutput(f"could not write {part} ({os_error_line(error)}); check the free disk space or set "
+                        "FOM_HOME") from None
+
+
+def same_file(response, validator):
+    """False when a partial reply names a validator of its own that differs from the one we resume."""
+    sent = response_validator(response)
+    return sent is None or validator is None or sent == validator
+
+
+@contextlib.contextmanager
+def open_url(url, headers, model):
+    """A streaming GET of `url`, following redirects by hand: each hop must be https, or plain http to this
+    machine (or where the model's user registry entry allows it); https never leads to plain http."""
+    import requests
+
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = requests.get(current, headers=headers, stream=True, timeout=HTTP_TIMEOUTS,
+                                    allow_redirects=False)
+        except requests.RequestException as error:
+            raise UrlFailed(network_reason(error)) from None
+        if response.status_code not in (301, 302, 303, 307, 308) or "Location" not in response.headers:
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+        target = urljoin(current, response.headers["Location"])
+        response.close()
+        if urlsplit(current).scheme == "https" and urlsplit(target).scheme != "https":
+            raise UrlFailed(f"it redirects to {target}, which is not https; fom does not follow a secure download "
+                            "to an insecure address")
+        if not url_allowed(target, model):
+            raise UrlFailed(f"it redirects to {target}, which is plain http")
+        current = target
+    raise UrlFailed(f"more than {MAX_REDIRECTS} redirects")
+
+
+def write_body(response, part, have, progress, total):
+    """Append the response body to `part` (which holds `have` bytes). Returns None when the file is whole
+    (or its size unknown and the body ended), else a few words on why it is not."""
     import requests
 
     received = 0
     try:
-        with open(part, "ab" if have else "wb") as file:
-            for chunk in response.iter_content(DOWNLOAD_CHUNK_BYTES):
-                file.write(chunk)
-                received += len(chunk)
-                progress.update(len(chunk))
+        with open(part, "r+b" if part.exists() else "wb") as file:
+            file.seek(have)
+            file.truncate()
+            try:
+                for chunk in response.iter_content(DOWNLOAD_CHUNK_BYTES):
+                    file.write(chunk)
+                    received += len(chunk)
+                    progress.update(len(chunk))
+            except (requests.RequestException, ConnectionError, TimeoutError) as error:
+                cut = network_reason(error)  # the network's fault (requests' errors are OSErrors too)
+            else:
+                cut = None if total is None or have + received == total else "the connection closed early"
             file.flush()
             os.fsync(file.fileno())
-    except (requests.RequestException, ConnectionError, TimeoutError):
-        raise  # the network's fault (requests' errors are OSErrors too): the caller resumes or gives up
     except OSError as error:
         raise BadOutput(f"could not write {part} ({os_error_line(error)}); check the free disk space or set "
                         "FOM_HOME") from None
-    return received
+    return cut
 
 
 def content_range_start(response):
