@@ -369,6 +369,8 @@ def test_the_next_url_is_tried_when_the_first_serves_a_truncated_file(home, serv
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A throwaway self-signed certificate for 127.0.0.1 (key and certificate in one PEM file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed: no certificate for a local https server")
     folder = tmp_path_factory.mktemp("tls")
     pem = folder / "localhost.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
