@@ -15,7 +15,6 @@ import sys
 import threading
 from fractions import Fraction
 
-import imageio.v3 as iio
 import numpy as np
 
 from fom_cli.errors import BadInput, BadOutput, FomError, first_line
@@ -23,7 +22,7 @@ from fom_cli.media.ffmpeg import (FfmpegFeed, count_video_frames, ffmpeg_failure
                                   write_failure)
 from fom_cli.media.files import (AtomicOutput, could_not_write, make_directories, os_error_line,
                                  remove_directories, remove_path, temporary_path_beside)
-from fom_cli.media.images import to_uint8
+from fom_cli.media.images import to_uint8, write_encoded_image
 from fom_cli.media.video_in import QUEUE_SIZE, STOP_TIMEOUT, probe
 
 # Output containers that can carry a sound track, and the audio codec each one gets.
@@ -219,7 +218,7 @@ class VideoWriter:
     def _encode_png_frames(self):
         index = 0
         while (frame := self._next_frame()) is not _FINISH:
-            iio.imwrite(os.path.join(self._output.temporary, f"{index:06d}.png"), frame)
+            write_encoded_image(os.path.join(self._output.temporary, f"{index:06d}.png"), frame)
             index += 1
 
     def _encode_with_ffmpeg(self):
