@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, driving_frames, make_clip, run_cli
+from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, driving_frames, make_clip, once_per_run, run_cli
 from fom_cli.errors import BadOutput
 from fom_cli.media.ffmpeg import count_video_frames, write_failure
 from fom_cli.media.files import ABANDONED_AFTER_SECONDS, write_json
@@ -83,17 +83,21 @@ def sound(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished_sizes(tmp_path_factory, sound):
-    """{(extension, with sound): bytes} of each output written without a limit. The silent encoding is the
-    same with or without sound: adding the sound is a step of its own, after it."""
-    folder = tmp_path_factory.mktemp("finished")
-    sizes = {}
-    for extension in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
-        for with_sound in (False, True) if extension != ".gif" else (False,):
-            output = folder / f"{'sound' if with_sound else 'silent'}{extension}"
-            result = write_in_subprocess("video", output, sound if with_sound else None)
-            assert result.returncode == 0, result.stderr
-            sizes[extension, with_sound] = output.stat().st_size
-    return sizes
+    """{(extension, with sound): bytes} of each output written without a limit (measured once per test
+    run, whatever the number of pytest-xdist workers). The silent encoding is the same with or without
+    sound: adding the sound is a step of its own, after it."""
+    def measure():
+        folder = tmp_path_factory.mktemp("finished")
+        sizes = {}
+        for extension in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
+            for with_sound in (False, True) if extension != ".gif" else (False,):
+                output = folder / f"{'sound' if with_sound else 'silent'}{extension}"
+                result = write_in_subprocess("video", output, sound if with_sound else None)
+                assert result.returncode == 0, result.stderr
+                sizes[f"{extension}-{with_sound}"] = np.array(output.stat().st_size)
+        return sizes
+    measured = once_per_run("write-failure-sizes", tmp_path_factory, measure)
+    return {(name.split("-")[0], name.endswith("True")): int(size) for name, size in measured.items()}
 
 
 def limit_for(step, silent, with_sound):
