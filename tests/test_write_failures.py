@@ -295,7 +295,10 @@ def test_a_video_holding_fewer_frames_than_written_is_refused(tmp_path, extensio
      "Permission denied"),
     (243, "[in#1 @ 0x5] Error opening input: Permission denied\nError opening input file /x/a.mp4.\n", None),
     (187, "[in#1/mov @ 0x5] Error during demuxing: Input/output error\n", None),
+    (251, "[out#0/mp4 @ 0x5] Error muxing a packet: Input/output error\n", "Input/output error"),
+    (1, "/x/sound.mp4: Permission denied\n", None),  # older ffmpeg, naming the input it cannot open
     (1, "[aac @ 0x1] Unsupported channel layout\n", None),
 ])
 def test_a_failed_write_is_told_from_a_sound_that_cannot_be_added(returncode, stderr, reason):
-    assert write_failure(subprocess.CompletedProcess([], returncode, "", stderr)) == reason
+    result = subprocess.CompletedProcess([], returncode, "", stderr)
+    assert write_failure(result, inputs=["/x/sound.mp4"]) == reason

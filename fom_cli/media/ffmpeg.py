@@ -93,17 +93,26 @@ def last_ffmpeg_message(stderr) -> str:
     return re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", lines[-1])
 
 
-def write_failure(result: subprocess.CompletedProcess):
+def write_failure(result: subprocess.CompletedProcess, inputs=()):
     """The OS's reason when a failed ffmpeg could not write its output ("No space left on device", "File
-    too large", ...), or None when it failed for another reason (a broken input, a codec it lacks)."""
+    too large", ...), or None when it failed for another reason (a broken input, a codec it lacks).
+    `inputs`: paths ffmpeg read, so that an error it reports of one of them is not taken for a write's."""
     if hasattr(signal, "SIGXFSZ") and result.returncode == -signal.SIGXFSZ:  # a file size limit, all the same
         return os.strerror(errno.EFBIG)
     for line in reversed(result.stderr.splitlines()):
-        about_an_input = "in#" in line or "input" in line.lower()
-        for code in WRITE_ONLY_ERRORS + ([] if about_an_input else READ_OR_WRITE_ERRORS):
-            if os.strerror(code) in line:
-                return os.strerror(code)
+        for code in WRITE_ONLY_ERRORS + READ_OR_WRITE_ERRORS:
+            reason = os.strerror(code)
+            if reason not in line:
+                continue
+            if code in READ_OR_WRITE_ERRORS and _is_about_an_input(line.replace(reason, ""), inputs):
+                continue
+            return reason
     return None
+
+
+def _is_about_an_input(line, inputs) -> bool:
+    # ffmpeg tags what its demuxers say "[in#1/mov @ 0x...]", and names the input in other lines.
+    return "in#" in line or "input" in line.lower() or any(os.fspath(path) in line for path in inputs)
 
 
 def ffmpeg_failure(result: subprocess.CompletedProcess) -> str:

@@ -321,7 +321,7 @@ class VideoWriter:
         try:
             result = run_ffmpeg(arguments)
             if result.returncode != 0:
-                if write_failure(result) is not None:
+                if write_failure(result, inputs=[self._audio_source.path]) is not None:
                     raise self._ffmpeg_error(result, "add the sound to")
                 # The pictures, maybe hours of work, are fine: keep them, silent, and say so.
                 print(f"fom: warning: could not add the sound of {self._audio_source.path} to {self.path} "
