@@ -11,7 +11,6 @@ Ours are the same dict (the original key names, so the original code can read th
 weights_only=True: a checkpoint is data and must never run code.
 """
 
-import os
 import pickle
 import re
 import time
@@ -173,7 +172,8 @@ def checkpoint_family(checkpoint):
 
 
 def save_checkpoint(path, checkpoint):
-    """Write atomically: a crash, a kill or a full disk mid-write leaves the previous file intact."""
+    """Write atomically: a crash, a kill, a power cut or a full disk mid-write leaves the previous file
+    intact, and a failed write is one BadOutput naming the OS's reason."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -186,9 +186,7 @@ def save_checkpoint(path, checkpoint):
                 if recording.error is not None:
                     raise recording.error from None  # the OSError itself: write_bytes_with says it in one line
                 raise
-            file.flush()
-            os.fsync(file.fileno())
-    write_bytes_with(path, write)
+    write_bytes_with(path, write)  # AtomicOutput flushes the file to the disk before the rename
 
 
 class _WriteErrorRecorder:

@@ -33,14 +33,15 @@ def os_error_message(error: OSError) -> str:
     """An OSError raised while fom read or wrote a file, as one line saying what to do about it."""
     import errno
 
-    where = f" ({error.filename})" if error.filename else ""
+    # The OS's own words first ("No space left on device"): what the user can search for.
+    reason = f"{error.strerror or first_line(error)}{f' ({error.filename})' if error.filename else ''}"
     if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return f"no space left on the disk{where}; free some space or write elsewhere, then run again"
+        return f"{reason}; free some space or write elsewhere, then run again"
     if error.errno == errno.EFBIG:
-        return f"a file grew larger than this system allows{where}; write to another disk or raise the limit"
+        return f"{reason}: larger than this system lets a file grow; write to another disk or raise the limit"
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"permission denied{where}; choose a folder you can write to, or fix its permissions"
-    return f"{error.strerror or first_line(error)}{where}"
+        return f"{reason}; choose a folder you can write to, or fix its permissions"
+    return reason
 
 
 def is_out_of_memory(error) -> bool:

@@ -33,7 +33,7 @@ from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 from fom_cli.errors import BadCheckpoint, BadInput, BadOutput, FomError
-from fom_cli.media.files import AtomicOutput, os_error_line, remove_path, write_json
+from fom_cli.media.files import os_error_line, remove_path, write_json
 from fom_cli.progress import progress_bar
 from fom_cli.registry import (NAME_PATTERN, checkpoints_dir, full_path, is_offline, legacy_part_path, load_registry,
                               lookup, origin_path, part_path, parts_dir, rejected_path, slim_path, url_allowed,
@@ -344,19 +344,15 @@ def verify(path, model, config, quiet):
 
 
 def write_slim(model, checkpoint, config, digest, path):
-    import torch
-
-    from fom_cli.checkpoint import slim_checkpoint
+    from fom_cli.checkpoint import save_checkpoint, slim_checkpoint
 
     networks = [network for network in FAMILIES[model.family].animation_networks if network in checkpoint]
     slim = slim_checkpoint(checkpoint, config, networks, registry_name=model.name, exported_from=model.file,
                            original_sha256=digest)
-    with AtomicOutput(path) as output:
-        try:
-            torch.save(slim, output.temporary)
-        except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
-            raise BadOutput(f"could not write {path} ({str(error).strip().splitlines()[0]}); check the free "
-                            "disk space or set FOM_HOME") from None
+    try:
+        save_checkpoint(path, slim)  # names the OS's reason where torch.save says "unexpected pos ..."
+    except BadOutput as error:
+        raise BadOutput(f"{error}, or set FOM_HOME to keep the models elsewhere") from None
 
 
 # --- downloading ------------------------------------------------------------------------------------------

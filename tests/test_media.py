@@ -306,7 +306,7 @@ def test_abandoning_a_video_does_not_wait_for_a_stuck_encoder(tmp_path, monkeypa
     def hangs(*args, **kwargs):  # a PNG encoder that never returns, like a hung ffmpeg
         encoding.set()
         stuck.wait()
-    monkeypatch.setattr(video_out.iio, "imwrite", hangs)
+    monkeypatch.setattr(video_out, "write_encoded_image", hangs)
 
     def write_then_fail():
         with VideoWriter(tmp_path / "frames/", fps=25) as writer:

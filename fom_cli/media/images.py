@@ -163,7 +163,16 @@ def write_image(path, image):
     """Write an image (uint8, or float in [0, 1]) atomically; the format follows the extension."""
     path = os.fspath(path)
     extension = os.path.splitext(path)[1] or ".png"
-    write_bytes_with(path, lambda temporary: iio.imwrite(temporary, to_uint8(image), extension=extension))
+    write_bytes_with(path, lambda temporary: write_encoded_image(temporary, image, extension))
+
+
+def write_encoded_image(path, image, extension=".png"):
+    """Encode an image in memory, then write the file with a plain open(): a failed write (a full disk) is
+    one OSError here. Written by imageio, the failing file would be closed again when its plugin is
+    collected, and that second error would print a traceback the user has no use for."""
+    encoded = iio.imwrite("<bytes>", to_uint8(image), extension=extension)
+    with open(path, "wb") as file:
+        file.write(encoded)
 
 
 def fit_frame(image, size, mode="crop") -> np.ndarray:

@@ -1,7 +1,10 @@
 """Videos out: encode frames to a video, a GIF or a folder of PNGs, with the driving video's sound.
 
 Encoding runs in a background thread behind a small bounded queue, so memory does not grow with the
-length of a video. The output appears at its path only when complete (`files.AtomicOutput`).
+length of a video. The output appears at its path only when complete (`files.AtomicOutput`): after
+ffmpeg exited 0, for the encoding and for adding the sound, and the file was seen to hold every frame.
+A write that fails on the way (a full disk, a file size limit, no permission) is one BadOutput naming
+the OS's reason, and whatever was at the path before stays as it was.
 """
 
 import math
@@ -12,16 +15,15 @@ import sys
 import threading
 from fractions import Fraction
 
-import imageio.v3 as iio
-import imageio_ffmpeg
 import numpy as np
 
 from fom_cli.errors import BadInput, BadOutput, FomError, first_line
-from fom_cli.media.ffmpeg import last_ffmpeg_message, run_ffmpeg
-from fom_cli.media.files import (AtomicOutput, make_directories, os_error_line, remove_directories,
-                                 remove_path, temporary_path_beside)
-from fom_cli.media.images import to_uint8
-from fom_cli.media.video_in import QUEUE_SIZE, STOP_TIMEOUT, probe, video_stream_line
+from fom_cli.media.ffmpeg import (FfmpegFeed, count_video_frames, ffmpeg_failure, last_ffmpeg_message, run_ffmpeg,
+                                  write_failure)
+from fom_cli.media.files import (AtomicOutput, could_not_write, make_directories, os_error_line,
+                                 remove_directories, remove_path, temporary_path_beside)
+from fom_cli.media.images import to_uint8, write_encoded_image
+from fom_cli.media.video_in import QUEUE_SIZE, STOP_TIMEOUT, probe
 
 # Output containers that can carry a sound track, and the audio codec each one gets.
 AUDIO_CODEC_FOR_CONTAINER = {".mp4": "aac", ".mov": "aac", ".mkv": "aac", ".webm": "libopus"}
@@ -38,11 +40,18 @@ _ABORT = object()  # queue marker: stop now, the output will be thrown away
 
 
 class _EncodingAborted(BaseException):
-    """Thrown into imageio-ffmpeg's writer to abandon a video.
+    """Raised in the encoder thread to abandon a video: ffmpeg is killed, not waited for. A BaseException,
+    so no `except Exception` on the way mistakes it for an encoding error."""
 
-    write_frames kills ffmpeg at once on a BaseException that is not an Exception (it treats it like
-    Ctrl-C), whereas an ordinary close would wait for ffmpeg to finish encoding a file we are deleting.
-    """
+
+def check_frame_count(encoded, frames_written, shown_as):
+    """BadOutput unless the video file `encoded` holds `frames_written` frames, counted by ffmpeg: the
+    last guard against a file cut short by a failure ffmpeg did not report. `shown_as` is the path the
+    error names, the output's rather than its hidden temporary's."""
+    frames_found = count_video_frames(encoded)
+    if frames_found != frames_written:
+        raise BadOutput(f"the video written to {shown_as} holds {frames_found} of the {frames_written} frames "
+                        f"encoded; check the free disk space and try again")
 
 
 def is_frames_folder(path) -> bool:
@@ -90,10 +99,13 @@ class VideoWriter:
                 writer.write(frame)
 
     On a clean exit the video is finished, the sound of `audio_from` (from `audio_start` seconds on,
-    cut to the video's length) is added where the container can carry it, and the file is moved onto
-    `path`. On an exception nothing is left behind. `quality` is None for the encoder's defaults or 1-10
-    (10 best), as in imageio; it applies to H.264 and VP9. A frames folder replaces an earlier run's
-    frames only with `overwrite`, and never a folder holding other files.
+    cut to the video's length) is added where the container can carry it, the frames in the file are
+    counted, and the file is moved onto `path`. On an exception nothing is left behind. A failed write,
+    while encoding or adding the sound, is a BadOutput naming the cause; a sound that cannot be added
+    for a reason of its own (a broken audio stream) leaves the video silent, with a warning. `quality`
+    is None for the encoder's defaults or 1-10 (10 best), as in imageio; it applies to H.264 and VP9. A
+    frames folder replaces an earlier run's frames only with `overwrite`, and never a folder holding
+    other files.
     """
 
     def __init__(self, path, fps, audio_from=None, audio_start=0.0, quality=None, overwrite=False):
@@ -193,11 +205,9 @@ class VideoWriter:
         except FomError as error:
             self._encoder_error = error
         except OSError as error:
-            self._encoder_error = BadOutput(f"could not write {self.path} ({os_error_line(error)}); "
-                                            f"check the free disk space and permissions")
+            self._encoder_error = could_not_write(self.path, os_error_line(error))
         except Exception as error:
-            self._encoder_error = BadOutput(f"could not write {self.path} ({first_line(error)}); "
-                                            f"check the free disk space and permissions")
+            self._encoder_error = could_not_write(self.path, first_line(error))
 
     def _next_frame(self):
         item = self._frames.get()
@@ -208,46 +218,46 @@ class VideoWriter:
     def _encode_png_frames(self):
         index = 0
         while (frame := self._next_frame()) is not _FINISH:
-            iio.imwrite(os.path.join(self._output.temporary, f"{index:06d}.png"), frame)
+            write_encoded_image(os.path.join(self._output.temporary, f"{index:06d}.png"), frame)
             index += 1
 
     def _encode_with_ffmpeg(self):
-        codec, pixel_format, quality, options = self._encoder_settings()
+        codec, pixel_format, options = self._encoder_settings()
         pad_to_even = pixel_format == "yuv420p"  # 4:2:0 chroma needs even width and height
         height, width = self._frame_size
         if pad_to_even:
             height, width = height + height % 2, width + width % 2
-        encoder = imageio_ffmpeg.write_frames(
-            self._output.temporary, (int(width), int(height)), fps=self._exact_fps(),
-            codec=codec, pix_fmt_out=pixel_format, quality=quality,
-            macro_block_size=1,  # we make sizes even ourselves; its default would rescale frames
-            ffmpeg_log_level="error",  # quiet on success, still says why on failure
-            output_params=options + ["-f", FFMPEG_MUXER_FOR_EXTENSION[self._extension]],
-        )
-        encoder.send(None)  # starts ffmpeg
-        finished = False
+        ffmpeg = FfmpegFeed(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+                             "-r", str(self._exact_fps()), "-i", "-", "-an",
+                             "-c:v", codec, "-pix_fmt", pixel_format, *options,
+                             "-v", "error",  # quiet on success, still says why on failure
+                             "-f", FFMPEG_MUXER_FOR_EXTENSION[self._extension], self._output.temporary])
         try:
             while (frame := self._next_frame()) is not _FINISH:
                 if pad_to_even:
                     # Repeat the last row/column rather than add black, so no line shows at the edge.
                     frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
                 try:
-                    encoder.send(np.ascontiguousarray(frame))
-                except OSError:  # the pipe broke: ffmpeg has quit and printed why on stderr
-                    raise BadOutput(f"ffmpeg stopped while encoding {self.path} (its reason is shown above); "
-                                    f"check the free disk space and permissions") from None
-            finished = True
-        finally:
-            if finished:
-                encoder.close()  # waits for ffmpeg to finish the file
-            else:
-                try:
-                    encoder.throw(_EncodingAborted())  # kills ffmpeg without waiting
-                except _EncodingAborted:
-                    pass
+                    ffmpeg.write(np.ascontiguousarray(frame))
+                except OSError:  # the pipe broke: ffmpeg has quit; its exit status and stderr say why
+                    break
+        except BaseException:
+            ffmpeg.kill()  # do not wait for ffmpeg to finish a file that is thrown away
+            raise
+        result = ffmpeg.finish()
+        if result.returncode != 0:
+            raise self._ffmpeg_error(result, "encode")
+
+    def _ffmpeg_error(self, result, step) -> BadOutput:
+        """The one-line error for a failed ffmpeg run: the OS's reason for a failed write, else ffmpeg's."""
+        reason = write_failure(result)
+        if reason is not None:
+            return could_not_write(self.path, reason)
+        return BadOutput(f"ffmpeg could not {step} {self.path} ({ffmpeg_failure(result)}); check the free disk "
+                         f"space and permissions")
 
     def _encoder_settings(self):
-        """(codec, pixel format, imageio quality, extra ffmpeg output options) for this output."""
+        """(codec, pixel format, extra ffmpeg output options) for this output."""
         # Convert with the BT.709 matrix and tag the video as BT.709. Browsers and players assume BT.709
         # for untagged video, so ffmpeg's default (BT.601, untagged) would shift the colours slightly.
         bt709 = ["-vf", "scale=out_color_matrix=bt709:out_range=tv,"
@@ -255,19 +265,20 @@ class VideoWriter:
         if self._extension in (".mp4", ".mov", ".mkv"):
             # faststart puts the index first, so a browser can start playing before the download ends.
             faststart = ["-movflags", "+faststart"] if self._extension in (".mp4", ".mov") else []
-            return "libx264", "yuv420p", self.quality, bt709 + faststart
+            # imageio's scale for quality: 10 is crf 0 (lossless), 1 is crf 45; None keeps x264's 23.
+            crf = [] if self.quality is None else ["-crf", str(int((1 - self.quality / 10) * 51))]
+            return "libx264", "yuv420p", crf + bt709 + faststart
         if self._extension == ".webm":
             # libvpx-vp9 needs an explicit constant quality (crf with b:v 0); its default bitrate is
             # low. cpu-used 4 and row-mt make it several times faster at a small cost in size.
             crf = round((1 - (self.quality or 5) / 10) * 63)
-            return "libvpx-vp9", "yuv420p", None, bt709 + ["-crf", str(crf), "-b:v", "0", "-cpu-used", "4",
-                                                          "-row-mt", "1"]
+            return "libvpx-vp9", "yuv420p", bt709 + ["-crf", str(crf), "-b:v", "0", "-cpu-used", "4", "-row-mt", "1"]
         # GIF: each frame gets a palette of its own colours and is dithered onto it; looks far better than
         # the default fixed palette. One palette for the whole video would make ffmpeg hold every frame
         # until the last has been seen (memory growing with the length); per frame, it holds one.
         palette = ["-vf", "split[frames][copy];[copy]palettegen=stats_mode=single[palette];"
                           "[frames][palette]paletteuse=new=1"]
-        return "gif", "pal8", None, palette
+        return "gif", "pal8", palette
 
     def _exact_fps(self) -> Fraction:
         # As a fraction, so 29.97002997 (30000/1001) and 12.5 reach ffmpeg exactly.
@@ -284,7 +295,7 @@ class VideoWriter:
         if self._encoder_error is not None:
             raise self._encoder_error
         if not self._is_directory:
-            self._check_encoded_file()
+            check_frame_count(self._output.temporary, self.frames_written, self.path)
             if self._audio_source is not None:
                 self._add_audio()
             self._output.commit()
@@ -292,20 +303,10 @@ class VideoWriter:
             self._commit_frames_folder()
         self._created_directories = []  # they hold the output now
 
-    def _check_encoded_file(self):
-        # write_frames does not report ffmpeg's exit status; make sure a readable video came out.
-        encoded = self._output.temporary
-        if not os.path.isfile(encoded) or os.path.getsize(encoded) == 0:
-            raise BadOutput(f"ffmpeg could not encode {self.path} (its reason is shown above); "
-                            f"check the free disk space and permissions")
-        header = run_ffmpeg(["-i", encoded]).stderr
-        if video_stream_line(header) is None:
-            raise BadOutput(f"ffmpeg could not encode {self.path} ({last_ffmpeg_message(header)}); "
-                            f"check the free disk space and try again")
-
     def _add_audio(self):
-        """Mux the sound in, copying the video stream, and put the result where the silent video was; if
-        ffmpeg cannot, the silent video stays, with a warning."""
+        """Mux the sound in, copying the video stream, and put the result where the silent video was. A
+        failed write (a full disk) is a BadOutput; if the sound itself cannot be added (ffmpeg cannot
+        decode or encode it), the silent video stays, with a warning."""
         with_audio = temporary_path_beside(self.path)
         duration = self.frames_written / self.fps
         arguments = ["-v", "error", "-y",
@@ -320,11 +321,14 @@ class VideoWriter:
         try:
             result = run_ffmpeg(arguments)
             if result.returncode != 0:
+                if write_failure(result, inputs=[self._audio_source.path]) is not None:
+                    raise self._ffmpeg_error(result, "add the sound to")
                 # The pictures, maybe hours of work, are fine: keep them, silent, and say so.
                 print(f"fom: warning: could not add the sound of {self._audio_source.path} to {self.path} "
                       f"({last_ffmpeg_message(result.stderr)}); the video is written without sound",
                       file=sys.stderr)
                 return
+            check_frame_count(with_audio, self.frames_written, self.path)
             os.replace(with_audio, self._output.temporary)
         finally:
             remove_path(with_audio)

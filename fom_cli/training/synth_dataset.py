@@ -60,12 +60,12 @@ def _check_arguments(out_dir, videos, frames, size, seed, test_videos):
 def _write_video(folder, video, frames, size, seed):
     """Render one planned video into `folder` (already created). Its randomness comes from its own
     streams, so videos can be rendered in any order, in any process, with the same bytes."""
-    import imageio.v3 as iio
+    from fom_cli.media.images import write_encoded_image
 
     identity = sample_identity(np.random.default_rng([seed, IDENTITY_STREAM, video.identity]))
     motion = sample_motion(np.random.default_rng([seed, MOTION_STREAM, video.identity, video.clip]), frames)
     for t, frame in enumerate(render_video(identity, motion, size)):
-        iio.imwrite(folder / f"{t:07d}.png", frame)
+        write_encoded_image(folder / f"{t:07d}.png", frame)
 
 
 def render_all(jobs, workers, quiet):
