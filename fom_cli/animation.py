@@ -126,7 +126,9 @@ class Animator:
         self.adapt_scale = adapt_scale
         self.device = next(generator.parameters()).device
         self.autocast_dtype = AUTOCAST_DTYPES[precision]
-        with torch.inference_mode(), self.autocast():
+        # The source's side in float32 whatever the precision: it is computed once, and its rounding would
+        # be in every frame.
+        with torch.inference_mode():
             self.source = to_tensor(source, self.device)
             self.kp_source = self.detect(self.source)
             self.source_features = generator.encode(self.source)

@@ -126,7 +126,9 @@ class TpsAnimator:
         self.background = background
         self.device = next(generator.parameters()).device
         self.autocast_dtype = AUTOCAST_DTYPES[precision]
-        with torch.inference_mode(), self.autocast():
+        # The source's side in float32 whatever the precision: it is computed once, and its rounding would
+        # be in every frame (bf16 source features alone moved the parity model's frames by 80/255).
+        with torch.inference_mode():
             self.source = frames_to_tensor(source, self.device)
             kp_source = self.detect(self.source)
             self.kp_source = {"value": kp_source}
@@ -143,18 +145,22 @@ class TpsAnimator:
         self.decode_batch_size = 1 if self.device.type == "cpu" else None
 
     def autocast(self):
-        """Reduced precision for the convolutions; keypoints and flows stay float32 (see detect and
-        TpsDenseMotionNetwork.candidate_flows)."""
+        """Reduced precision for the inpainting decoder's convolutions; keypoints and flows stay float32
+        (see detect and animate)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def full_precision(self):
-        """float32 also under autocast: for the AVD network's small perceptron, whose output is keypoints."""
+        """float32 also under autocast: for what outputs keypoints and flows (the detector, the AVD network,
+        the dense motion network)."""
         return torch.autocast(self.device.type, enabled=False)
 
     def detect(self, images):
-        return self.kp_detector(images).float()
+        """Keypoints in float32 also under autocast: TPSMM regresses them directly from the image, and
+        bf16 rounding anywhere in the ResNet moves them (about 5% of a frame's FLOPs)."""
+        with self.full_precision():
+            return self.kp_detector(images).float()
 
     def keypoints(self, frames):
         """{'value': (N, 5 * num_tps, 2)} of (N, H, W, 3) float32 frames."""
@@ -190,7 +196,11 @@ class TpsAnimator:
             bg_param = None
             if self.background:
                 bg_param = self.generator.bg_predictor(self.source.expand(len(driving), -1, -1, -1), driving)
-            motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved, bg_param)
+            # The dense motion network in float32 too: its contribution maps blend ten flows per pixel, and
+            # bf16 there moved the parity model's frames by up to 46/255 (4.8 with it in float32). It is 6%
+            # of a frame's FLOPs; the decoder (92%) keeps the reduced precision.
+            with self.full_precision():
+                motion = self.generator.dense_motion_network.motion(self.source_for_motion, kp_moved, bg_param)
             step = self.decode_batch_size or len(driving)
             decoded = []
             for i in range(0, len(driving), step):

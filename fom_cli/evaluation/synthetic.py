@@ -33,8 +33,8 @@ def strip_row(driving, truth, predictions, columns=6):
     return np.concatenate(rows, axis=0)
 
 
-def evaluate_pairs(networks, pairs, num_frames, seed, adapt_scale=False, quiet=True):
-    """families.Networks animating `pairs` held-out synthetic pairs; (report, strips)."""
+def evaluate_pairs(networks, pairs, num_frames, seed, adapt_scale=False, quiet=True, precision="fp32"):
+    """families.Networks animating `pairs` held-out synthetic pairs in `precision`; (report, strips)."""
     height, width = frame_size(networks.config)
     if height != width:
         raise FomError("evaluate-synth renders square frames; the model's frame_shape is not square")
@@ -42,7 +42,7 @@ def evaluate_pairs(networks, pairs, num_frames, seed, adapt_scale=False, quiet=T
     for index in progress_bar(range(pairs), desc="pairs", unit="pair", disable=quiet):
         driving, truth = synth_pair(seed, index, num_frames, height)
         driving, truth = driving.astype(np.float32) / 255, truth.astype(np.float32) / 255
-        animator = networks.animator(truth[0], mode="relative", adapt_scale=adapt_scale)
+        animator = networks.animator(truth[0], mode="relative", adapt_scale=adapt_scale, precision=precision)
         animator.set_initial_frame(driving[0])
         predictions = animator.animate_all(driving, batch_size=8)
         per_pair.append({"l1": l1_distance(predictions, truth),
@@ -56,6 +56,6 @@ def evaluate_pairs(networks, pairs, num_frames, seed, adapt_scale=False, quiet=T
     # is how faithfully the generator repaints the source, apart from any motion.
     first_frame = float(np.mean([pair["first_frame_l1"] for pair in per_pair]))
     report = {"pairs": pairs, "frames": num_frames, "size": height, "seed": seed, "mode": "relative",
-              "adapt_scale": adapt_scale, "l1": l1, "copy_source_l1": baseline, "ratio": l1 / baseline,
+              "adapt_scale": adapt_scale, "precision": precision, "l1": l1, "copy_source_l1": baseline, "ratio": l1 / baseline,
               "first_frame_l1": first_frame, "per_pair": per_pair}
     return report, strips

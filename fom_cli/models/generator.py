@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fom_cli.models.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, grid_sample
+from fom_cli.models.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, grid_sample, output_head
 from fom_cli.models.motion import DenseMotionNetwork
 
 
@@ -89,10 +89,10 @@ class OcclusionAwareGenerator(nn.Module):
         out = self.bottleneck(features)
         for block in self.up_blocks:
             out = block(out)
-        painted = torch.sigmoid(self.final(out))
+        painted = torch.sigmoid(output_head(self.final, out))
         if self.blend_mask is None:
             return painted
-        mask = torch.sigmoid(self.blend_mask(out))
+        mask = torch.sigmoid(output_head(self.blend_mask, out))
         return painted + mask * (warped_source.to(painted.dtype) - painted)
 
     def animate_features(self, source_features, motion):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy.spatial import ConvexHull, QhullError
 from torch import nn
 
-from fom_cli.models.blocks import AntiAliasInterpolation2d, Hourglass, make_coordinate_grid
+from fom_cli.models.blocks import AntiAliasInterpolation2d, Hourglass, make_coordinate_grid, output_head
 
 
 class KeypointDetector(nn.Module):
@@ -45,7 +45,7 @@ class KeypointDetector(nn.Module):
             image = self.down(image)
         feature_map = self.predictor(image)
 
-        logits = self.kp(feature_map)
+        logits = output_head(self.kp, feature_map)
         n, k, h, w = logits.shape
         heatmap = F.softmax(logits.view(n, k, -1) / self.temperature, dim=2).view(n, k, h, w)
 
@@ -53,7 +53,7 @@ class KeypointDetector(nn.Module):
         keypoints = {"value": (heatmap.unsqueeze(-1) * grid).sum(dim=(2, 3))}
 
         if self.jacobian is not None:
-            jacobian_map = self.jacobian(feature_map).reshape(n, self.num_jacobian_maps, 4, h, w)
+            jacobian_map = output_head(self.jacobian, feature_map).reshape(n, self.num_jacobian_maps, 4, h, w)
             jacobian = (heatmap.unsqueeze(2) * jacobian_map).view(n, k, 4, -1).sum(dim=-1)
             keypoints["jacobian"] = jacobian.view(n, k, 2, 2)
         return keypoints

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, full_precision, grid_sample, keypoint_heatmaps,
-                                   make_coordinate_grid)
+                                   make_coordinate_grid, output_head)
 
 
 class DenseMotionNetwork(nn.Module):
@@ -89,13 +89,13 @@ class DenseMotionNetwork(nn.Module):
         sparse_deformed = self.warp_by_each_motion(small_source, motions)
 
         prediction = self.hourglass(torch.cat([heatmaps, sparse_deformed], dim=2).view(n, -1, h, w))
-        mask = F.softmax(self.mask(prediction), dim=1)
+        mask = F.softmax(output_head(self.mask, prediction), dim=1)
         # Blend the K + 1 candidate flows with the per-pixel mask.
         deformation = (motions * mask.unsqueeze(-1)).sum(dim=1)
 
         out = {"sparse_deformed": sparse_deformed, "mask": mask, "deformation": deformation}
         if self.occlusion is not None:
-            out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction))
+            out["occlusion_map"] = torch.sigmoid(output_head(self.occlusion, prediction))
         return out
 
     def forward(self, source_image, kp_driving, kp_source):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fom_cli.models.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, grid_sample
+from fom_cli.models.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, grid_sample, output_head
 
 
 def resize_flow(deformation, height, width):
@@ -105,7 +105,7 @@ class InpaintingNetwork(nn.Module):
         if visible.shape[2:] != out.shape[2:]:
             visible = F.interpolate(visible, size=out.shape[2:], mode="bilinear", align_corners=True)
         out = out * (1 - visible) + skip
-        painted = torch.sigmoid(self.final(out))
+        painted = torch.sigmoid(output_head(self.final, out))
         return {"deformed": deformed, "prediction": painted * (1 - visible) + deformed * visible}
 
     def forward(self, source_image, dense_motion):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, UpBlock2d, full_precision, grid_sample,
-                                   keypoint_heatmaps, make_coordinate_grid)
+                                   keypoint_heatmaps, make_coordinate_grid, output_head)
 from fom_cli.models.tpsmm.keypoints import POINTS_PER_TPS
 from fom_cli.models.tpsmm.tps import ThinPlateSpline
 
@@ -129,13 +129,13 @@ class TpsDenseMotionNetwork(nn.Module):
         """Sigmoid masks, coarsest first: from the hourglass's last levels, then from the up-sampling
         blocks (multi_mask); or the one mask at the hourglass's resolution."""
         if not self.multi_mask:
-            return [torch.sigmoid(self.occlusion[0](levels[-1]))]
+            return [torch.sigmoid(output_head(self.occlusion[0], levels[-1]))]
         features = levels[len(levels) - self.num_level_masks:]
         out = levels[-1]
         for block in self.up:
             out = block(out)
             features.append(out)
-        return [torch.sigmoid(conv(feature)) for conv, feature in zip(self.occlusion, features)]
+        return [torch.sigmoid(output_head(conv, feature)) for conv, feature in zip(self.occlusion, features)]
 
     def motion(self, source, kp_driving, bg_param=None, dropout_p=0.0):
         """source: prepare_source's dict (batch 1 or N); kp_driving (N, 5 * num_tps, 2).
@@ -155,7 +155,7 @@ class TpsDenseMotionNetwork(nn.Module):
         deformed_source = self.warp_by_each_flow(source["image"], flows)
 
         levels = self.hourglass.levels(torch.cat([heatmaps, deformed_source.view(n, -1, h, w)], dim=1))
-        logits = self.maps(levels[-1])
+        logits = output_head(self.maps, levels[-1])
         if dropout_p:
             contribution_maps = dropout_softmax(logits, dropout_p)
         else:
