@@ -2,7 +2,7 @@
 
     import fom_cli as fom
 
-    model = fom.load_model("vox", device="auto", precision="fp32")    # a name, a path, or None (bundled)
+    model = fom.load_model("vox", device="auto", precision="auto")    # a name, a path, or None (bundled)
     fom.animate(model, "face.png", "talk.mp4", "out.mp4", face=True)    # the CLI's job, with its options
     frames = model.animate(source_image, driving_frames)               # numpy (H, W, 3) in, numpy out
     for frame in model.stream(source_image, frame_iterator):           # lazily, in constant memory
@@ -28,7 +28,8 @@ from fom_cli.errors import BadInput
 from fom_cli.families import load_networks
 from fom_cli.fetch import checkpoint_or_bundled
 from fom_cli.media.images import read_image, to_uint8
-from fom_cli.runtime import AUTOCAST_DTYPES, pick_device
+from fom_cli.options import PRECISIONS
+from fom_cli.runtime import choose_precision, pick_device
 
 log = logging.getLogger("fom_cli")
 
@@ -36,9 +37,10 @@ log = logging.getLogger("fom_cli")
 class Model:
     """Networks loaded once, on their device, in their precision: animate any number of sources with them."""
 
-    def __init__(self, networks, precision="fp32", checkpoint=None):
+    def __init__(self, networks, precision="fp32", checkpoint=None, precision_reason="asked for"):
         self.networks = networks
         self.precision = precision
+        self.precision_reason = precision_reason  # why this precision: "asked for", or auto's reason
         self.checkpoint = checkpoint
 
     @property
@@ -84,19 +86,21 @@ def source_image(source):
     return source
 
 
-def load_model(checkpoint=None, device="auto", precision="fp32", config=None, align_corners=None, compile=False,
+def load_model(checkpoint=None, device="auto", precision="auto", config=None, align_corners=None, compile=False,
                progress=False):
     """A Model from a released model's name (`vox`, `tpsmm-vox`, ...: downloaded once into the cache), a
     checkpoint file (FOMM, TPSMM, or one fom trained or exported), or None for the bundled toon-128 model.
 
-    device: auto (CUDA when available), cpu, cuda or cuda:N. precision: fp32, bf16 or fp16 (the
-    convolutions; keypoints and sampling stay fp32). config: a config name or YAML path (default: the
+    device: auto (CUDA when available), cpu, cuda or cuda:N. precision: auto (bf16 on a CPU with native
+    bf16, fp16 on CUDA, else fp32: runtime.choose_precision), fp32, bf16 or fp16 (the convolutions;
+    keypoints, output layers and sampling stay fp32); Model.precision says what was chosen. config: a config name or YAML path (default: the
     checkpoint's own, or the bundled config whose tensor shapes match). align_corners: None (the config's),
     True or False. compile: torch.compile the networks (GPUs). progress: report a download on stderr.
     """
-    if precision not in AUTOCAST_DTYPES:
-        raise BadInput(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, not {precision!r}")
+    if precision not in PRECISIONS:
+        raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     device = pick_device(device)
+    precision, precision_reason = choose_precision(precision, device)
     path = checkpoint_or_bundled(str(checkpoint) if checkpoint is not None else None, quiet=not progress)
     networks = load_networks(path, load_config(config) if config else None, align_corners, device,
                              precision=precision, compile=compile)
@@ -105,7 +109,7 @@ def load_model(checkpoint=None, device="auto", precision="fp32", config=None, al
                          "faces (for real faces: --checkpoint vox)")
     if networks.note:
         log.info(networks.note)
-    return Model(networks, precision, path)
+    return Model(networks, precision, path, precision_reason)
 
 
 def animate(model, source, driving, output, progress=False, **options):

@@ -8,7 +8,7 @@ itself live in the type functions below. Nothing here imports torch: `fom --help
 import argparse
 import math
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # --mode: avd (animation via disentanglement) needs a TPSMM checkpoint with its AVD network.
 ANIMATION_MODES = ("relative", "absolute", "avd")
 
@@ -94,9 +94,10 @@ def add_batch_size(parser, help_text="driving frames per forward pass (default: 
     parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help=help_text)
 
 
-def add_precision(parser, help_text="network precision (default fp32); bf16/fp16 autocast the convolutions "
-                                    "while keypoints and sampling grids stay fp32"):
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=help_text)
+def add_precision(parser, help_text="network precision (default auto: bf16 on a CPU with native bf16, fp16 on "
+                                    "CUDA, else fp32); reduced precision autocasts the convolutions while "
+                                    "keypoints, output layers and sampling grids stay fp32"):
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=help_text)
 
 
 def add_quiet(parser, help_text="no progress bar or notes"):

@@ -7,6 +7,7 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, carphone_path, driving_frames, make_clip, run_cli
 from fom_cli.animation import Animator
@@ -16,7 +17,8 @@ from fom_cli.media.video_in import VideoReader, probe
 
 SOURCE = PARITY / "small-source.png"
 DRIVING_DIR = PARITY / "small-driving"
-MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--quiet"]
+# fp32: these tests compare frames with the original code's (auto would pick bf16 on a CPU that has it).
+MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--precision", "fp32", "--quiet"]
 
 
 def read_png_frames(directory):
@@ -310,15 +312,18 @@ def test_png_frames_say_that_the_sound_is_not_written(tmp_path, capsys):
     assert code == 0 and "sound" not in err and probe(tmp_path / "out.mp4").has_audio, err
 
 
-def test_gpu_options_on_the_cpu_get_a_note(tmp_path, capsys):
+def test_gpu_options_on_the_cpu_get_a_note(tmp_path, capsys, monkeypatch):
+    # A CPU without native fp16 or bf16 (every CPU before Intel's Granite Rapids, for fp16).
+    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: False, raising=False)
     model = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--device", "cpu"]
     code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "half.gif", *model,
                             "--precision", "fp16"], capsys)
     assert code == 0, err
-    assert "note: --precision fp16 is meant for GPUs: on the CPU it runs slower than fp32, not faster\n" in err
+    assert "note: --precision fp16 runs slower than fp32 on this CPU, not faster: it has no native fp16" in err
     assert iio.imread(tmp_path / "half.gif", index=None, mode="RGB").shape[0] == 8
     code, _, err = run_cli(["animate", SOURCE, DRIVING_DIR, "-o", tmp_path / "full.gif", *model], capsys)
-    assert code == 0 and "meant for GPUs" not in err, err
+    assert code == 0 and "runs slower" not in err and "note: precision fp32 (auto: no bf16 instructions" in err, err
 
 
 def test_compiling_on_a_machine_without_gpu_hides_torchs_cuda_home_warning(tmp_path):

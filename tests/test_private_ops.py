@@ -12,7 +12,8 @@ from fom_cli.models.private_ops import Conv, Int8SplitConv
 
 SOURCE = PARITY / "small-source.png"
 DRIVING_DIR = PARITY / "small-driving"
-MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--quiet"]
+# fp32: the private ops are the float32 path (auto would pick bf16 on a CPU that has it).
+MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--precision", "fp32", "--quiet"]
 int8_ops = pytest.mark.skipif(not (private_ops.cpu_prepack_available() and hasattr(torch.ops.onednn, "qconv_prepack")),
                               reason="this torch has no oneDNN int8 convolution")
 

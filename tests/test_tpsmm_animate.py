@@ -134,7 +134,8 @@ def read_png_frames(directory):
 def test_animate_writes_the_original_predictions(tmp_path, capsys, small_tpsmm_checkpoint, inputs, reference, mode):
     source, driving = inputs
     code, _, err = run_cli(["animate", source, driving, "-o", tmp_path / "out/", "--checkpoint", small_tpsmm_checkpoint,
-                            "--config", SMALL_CONFIG, "--mode", mode, "--batch-size", "4", "--quiet"], capsys)
+                            "--config", SMALL_CONFIG, "--mode", mode, "--batch-size", "4", "--precision", "fp32",
+                            "--quiet"], capsys)
     assert code == 0, err
     frames = read_png_frames(tmp_path / "out")
     # The original's frames, rounded to 8 bits (batched AVD adds up to 3e-4: see above).
@@ -184,7 +185,7 @@ def test_avd_needs_a_tpsmm_checkpoint_with_its_avd_network(tmp_path, capsys, sma
 
 def test_bench_compares_the_original_loop_with_the_tps_animator(capsys, one_torch_thread):
     code, out, err = run_cli(["bench", "animate", "--config", SMALL_CONFIG, "--size", "64", "--frames", "2",
-                              "--repeats", "1", "--json"], capsys)
+                              "--repeats", "1", "--precision", "fp32", "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
     assert report["family"] == "tpsmm" and report["size"] == [64, 64] and report["frames"] == 2

@@ -26,11 +26,16 @@ def animation_options(args, **overrides):
 
 
 def note_cpu_speed(precision, compile):
-    """One note for the options that make a CPU run slower: they pay off on GPUs only. (Measured with the
-    bundled model on a 2-core Xeon: fp16 at 0.55-0.6 times fp32's frames/s, bf16 at 0.2-0.45 times.)"""
+    """One note for the options that make this CPU run slower. Reduced precision is slower than fp32 where
+    the CPU has no instructions for it (measured with the bundled model on a 2-core Xeon without them: fp16
+    at 0.55-0.6 times fp32's frames/s, bf16 at 0.2-0.45 times); with them it is faster (README)."""
+    from fom_cli.runtime import cpu_precisions
+
     slower = []
-    if precision != "fp32":
-        slower.append(f"--precision {precision} is meant for GPUs: on the CPU it runs slower than fp32, not faster")
+    cpu = cpu_precisions()
+    if precision in ("bf16", "fp16") and not getattr(cpu, precision):
+        slower.append(f"--precision {precision} runs slower than fp32 on this CPU, not faster: it has no native "
+                      f"{precision} ({cpu.why}), so every operation converts to float32 and back")
     if compile:
         slower.append("--compile is meant for GPUs: on the CPU it spends minutes compiling before the first frame")
     if slower:
@@ -42,12 +47,13 @@ def load_requested_model(args):
     checked against --mode."""
     from fom_cli.api import load_model
     from fom_cli.families import check_animation_mode
-    from fom_cli.runtime import pick_device
 
-    if pick_device(args.device).type == "cpu":
-        note_cpu_speed(args.precision, args.compile)
     align_corners = None if args.align_corners is None else args.align_corners == "true"
     model = load_model(args.checkpoint, args.device, args.precision, args.config, align_corners, args.compile,
                        progress=not args.quiet)
+    if model.device.type == "cpu":
+        note_cpu_speed(model.precision, args.compile)
     check_animation_mode(model.networks, args.mode, model.checkpoint)
+    if model.precision_reason != "asked for":
+        log.info(f"precision {model.precision} ({model.precision_reason})")
     return model

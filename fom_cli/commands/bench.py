@@ -6,8 +6,10 @@ Random weights (seeded) and synthetic frames, no file I/O. Reports, in one run, 
       source image, as the original demo does (everything about the source recomputed every frame);
   (b) fom's pipeline: the source prepared once, the exact inference rewrites, frames in batches;
 
-their ratio (each path's fastest of `--repeats` runs, the two paths taking turns; the medians too),
-the max abs difference of their outputs, GFLOP per frame, the achieved share of this machine's
+their ratio (each path's fastest of `--repeats` runs, the two paths taking turns; the medians too; a
+warning when the median run took over 1.5x the fastest: a busy machine), the max abs difference of their
+outputs (the straightforward path runs in fp32: with --precision bf16 this is bf16's difference from
+fp32), the precision and why (`--precision auto`, the default, and the CPU's native bf16), GFLOP per frame, the achieved share of this machine's
 3x3-convolution throughput in the same precision (above 1 where the residual blocks run on the
 CPU's int8 matrix units: `int8_split_convolutions` counts them), and peak RSS. `--video PATH` times the whole
 `fom animate` path (decode, fit, animate, encode) on a real file instead. `--json` prints one JSON object.
@@ -19,6 +21,7 @@ fom's TpsAnimator in the same way.
 
 import copy
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +44,12 @@ from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.models.inference import optimize_for_inference
 from fom_cli.models.private_ops import Int8SplitConv
 from fom_cli.options import add_batch_size, add_config, add_device, add_precision, add_quiet, positive_int
-from fom_cli.runtime import AUTOCAST_DTYPES, default_batch_size, pick_device, to_tensor
+from fom_cli.runtime import (AUTOCAST_DTYPES, choose_precision, cpu_name, cpu_precisions, default_batch_size, pick_device,
+                             to_tensor)
+
+log = logging.getLogger("fom_cli")
+# A median run this much slower than the fastest means another process took the CPU for a while.
+BUSY_MACHINE_SPREAD = 1.5
 
 
 def configure_parser(parser):
@@ -51,7 +59,8 @@ def configure_parser(parser):
     parser.add_argument("--size", type=positive_int, help="frame size in pixels (default: the config's)")
     parser.add_argument("--frames", type=positive_int, default=8, help="driving frames to time (default 8)")
     add_batch_size(parser, "fom pipeline batch (default 8 on CPU, 32 on CUDA)")
-    add_precision(parser, "autocast precision of the networks in fom's pipeline (default fp32)")
+    add_precision(parser, "precision of fom's pipeline (default auto, as `fom animate` picks it; the report says "
+                          "which and why); the straightforward path always runs in fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the pipeline's networks")
     parser.add_argument("--no-baseline", action="store_true", help="skip the straightforward path")
     parser.add_argument("--repeats", type=positive_int, default=3,
@@ -142,6 +151,11 @@ def race(pipeline, straightforward, args, device, report):
             slow, elapsed = timed(straightforward, device)
             seconds["straightforward"].append(elapsed)
     report["repeats"] = args.repeats
+    fastest, median = min(seconds["pipeline"]), float(np.median(seconds["pipeline"]))
+    if median > BUSY_MACHINE_SPREAD * fastest:
+        log.warning(f"the median run took {median / fastest:.1f}x as long as the fastest: something else is "
+                    "using this machine, and these figures are not its speed (run again when it is idle)")
+        report["busy_machine"] = True
     report["pipeline_fps"] = args.frames / min(seconds["pipeline"])
     report["pipeline_fps_median"] = args.frames / float(np.median(seconds["pipeline"]))
     if not args.no_baseline:
@@ -198,6 +212,15 @@ def conv_throughput_gflops(device, repeats=5, dtype=None):
     return flop / np.median(times) / 1e9
 
 
+def add_conv_share(report, device, precision):
+    """This machine's 3x3 conv rate in the pipeline's precision, and the share of it the pipeline reaches."""
+    report["conv_gflops_per_s"] = conv_throughput_gflops(device, dtype=AUTOCAST_DTYPES[precision])
+    if report.get("pipeline_gflop_per_frame"):
+        achieved = report["pipeline_gflop_per_frame"] * report["pipeline_fps"]
+        report["pipeline_gflops_per_s"] = achieved
+        report["share_of_conv_throughput"] = achieved / report["conv_gflops_per_s"]
+
+
 def bench_setup(args, config, device):
     """What both families' benches start from: the report's settings, the batch size, and the synthetic
     source and driving frames."""
@@ -250,11 +273,7 @@ def bench_pipeline(args, config, device):
     if not args.no_baseline:
         report["gflop_per_frame"] = gflop_per_frame(kp_detector, generator, source, driving[0], device)
 
-    report["conv_gflops_per_s"] = conv_throughput_gflops(device, dtype=AUTOCAST_DTYPES[args.precision])
-    if report["pipeline_gflop_per_frame"]:
-        achieved = report["pipeline_gflop_per_frame"] * report["pipeline_fps"]
-        report["pipeline_gflops_per_s"] = achieved
-        report["share_of_conv_throughput"] = achieved / report["conv_gflops_per_s"]
+    add_conv_share(report, device, args.precision)
     report["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":
         report["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -342,6 +361,7 @@ def bench_tpsmm_pipeline(args, config, device):
     del counted, counted_kp, counted_model
     if not args.no_baseline:
         report["gflop_per_frame"] = tps_gflop_per_frame(kp_detector, model, source, driving[0], device)
+    add_conv_share(report, device, args.precision)
     report["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":
         report["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -401,9 +421,14 @@ def bench_video(args, config, device):
 def run(args):
     device = pick_device(args.device)
     config = load_config(args.config)
+    args.precision, precision_reason = choose_precision(args.precision, device)
     if device.type == "cpu" and not args.quiet:
         note_cpu_speed(args.precision, args.compile)   # as `fom animate` says it
     report = bench_video(args, config, device) if args.video else bench_pipeline(args, config, device)
+    report["precision"], report["precision_reason"] = args.precision, precision_reason
+    if device.type == "cpu":
+        cpu = cpu_precisions()
+        report["cpu"] = {"name": cpu_name(), "native_bf16": cpu.bf16, "native_fp16": cpu.fp16, "why": cpu.why}
     if args.json:
         print(json.dumps(report))
     else:

@@ -1,6 +1,7 @@
 """Measure animation quality against ground truth: `fom evaluate-synth`.
 
   fom evaluate-synth --pairs 32 --json          # the bundled model (checkpoints/toon-128.pth)
+  fom evaluate-synth --precision bf16           # the same in bf16: compare its ratio with fp32's
 
 Real videos have no ground truth for "identity A moving like identity B". `fom synth` does: it renders
 appearance and motion separately, so A rendered with B's motion is exactly the right answer. For each of
@@ -17,13 +18,13 @@ import json
 import numpy as np
 
 from fom_cli.families import load_networks
-from fom_cli.runtime import pick_device
+from fom_cli.runtime import choose_precision, pick_device
 from fom_cli.config import load_config
 from fom_cli.errors import FomError
 from fom_cli.evaluation.synthetic import HELD_OUT_SEED, evaluate_pairs
 from fom_cli.media.images import write_image
 from fom_cli.fetch import checkpoint_or_bundled
-from fom_cli.options import add_checkpoint, add_config, add_device, add_quiet, positive_int
+from fom_cli.options import add_checkpoint, add_config, add_device, add_precision, add_quiet, positive_int
 
 
 def configure_parser(parser):
@@ -37,6 +38,7 @@ def configure_parser(parser):
                              "truth moves both heads by the same pixels)")
     parser.add_argument("--strip", metavar="PNG", help="write a picture of the first three pairs here")
     add_device(parser)
+    add_precision(parser)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_quiet(parser, "no progress bar")
 
@@ -46,14 +48,17 @@ def run(args):
         raise FomError("--frames must be at least 2")
     config = load_config(args.config) if args.config else None
     checkpoint = checkpoint_or_bundled(args.checkpoint, args.quiet)
-    networks = load_networks(checkpoint, config, device=pick_device(args.device))
-    report, strips = evaluate_pairs(networks, args.pairs, args.frames, args.seed, args.adapt_scale, args.quiet)
+    device = pick_device(args.device)
+    precision, _ = choose_precision(args.precision, device)
+    networks = load_networks(checkpoint, config, device=device, precision=precision)
+    report, strips = evaluate_pairs(networks, args.pairs, args.frames, args.seed, args.adapt_scale, args.quiet,
+                                    precision)
     report["checkpoint"] = str(checkpoint)
     if args.strip:
         write_image(args.strip, np.concatenate(strips, axis=0))
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{report['pairs']} held-out pairs: L1 {report['l1']:.5f}, copying the source {report['copy_source_l1']:.5f} "
+        print(f"{report['pairs']} held-out pairs, {precision}: L1 {report['l1']:.5f}, copying the source {report['copy_source_l1']:.5f} "
               f"(ratio {report['ratio']:.3f}); at the first frame, with no motion yet: L1 {report['first_frame_l1']:.5f}")
     return 0
