@@ -88,10 +88,30 @@ def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True, pre
 
 def optimize_tps_networks(kp_detector, model, prepack=False):
     """The exact inference rewrites, in place: the dense motion and inpainting networks rewritten
-    (optimize_tps_for_inference), the keypoint detector in channels_last."""
+    (optimize_tps_for_inference), the keypoint detector's BatchNorms folded and its layout channels_last."""
     optimize_tps_for_inference(model.dense_motion_network, inplace=True, prepack=prepack)
     optimize_tps_for_inference(model.inpainting_network, inplace=True, prepack=prepack)
+    fold_resnet_batchnorm(kp_detector.eval().fg_encoder)
     kp_detector.to(memory_format=torch.channels_last)
+
+
+def fold_resnet_batchnorm(resnet):
+    """A torchvision ResNet's eval-mode BatchNorms folded into the convolutions before them, in place (torch's
+    own fuse_conv_bn_eval): the same function with one pass over each feature map fewer (20 of the 152
+    normalisation passes of a batch of TPSMM frames; the others are the decoder's instance norms)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    pairs = [(resnet, "conv1", "bn1")]
+    for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        for block in layer:
+            pairs += [(block, "conv1", "bn1"), (block, "conv2", "bn2")]
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+    with torch.no_grad():
+        for parent, conv, norm in pairs:
+            if isinstance(getattr(parent, norm), nn.BatchNorm2d):
+                setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, norm)))
+                setattr(parent, norm, nn.Identity())
 
 
 def compile_tps_networks(kp_detector, model):
