@@ -33,6 +33,7 @@ COMMANDS = {
     "evaluate-synth": "animation quality against ground truth on held-out synth pairs",
     "synth": "render procedural cartoon-face videos (tests, smoke training, demo model)",
     "export": "slim a training checkpoint to the generator, keypoint detector and config",
+    "live": "animate a photo from a camera or a stream in real time (window, virtual camera, recording)",
     "bench": "measure animation speed and memory (frames/s, GFLOP, peak RSS), JSON out",
     "models": "list the released checkpoints --checkpoint NAME fetches, and the cache",
     "download": "fetch released checkpoints ahead of time (offline machines, shared caches)",

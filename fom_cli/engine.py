@@ -425,8 +425,11 @@ class Animation:
         # Another fps keeps the driving video's duration: frames are dropped or repeated, so that the motion
         # plays at its own speed and stays in sync with the sound.
         ratio = exact_rate(self.fps) / exact_rate(self.driving.fps)
-        # Decoding (and following the face) runs in a background thread, a few frames ahead of the networks.
-        frames = prefetch(resampled(self.driving_squares(self.first, self.stop), ratio))
+        # Decoding (and following the face) runs in a background thread, a few frames ahead of the networks;
+        # not for a live source, whose newest frame is taken when the networks are ready (media/live_in.py).
+        frames = resampled(self.driving_squares(self.first, self.stop), ratio)
+        if not getattr(self.driving, "live", False):
+            frames = prefetch(frames)
         total = None if self.stop is None else math.ceil((self.stop - self.first) * ratio)
         with progress_bar(total=total, unit="frame", desc=self.output_name, disable=not self.progress) as bar:
             for batch in batched(frames, self.batch_size):

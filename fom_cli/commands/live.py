@@ -1,0 +1,226 @@
+"""Animate a photo from a camera in real time: `fom live`.
+
+  fom live face.png --camera 0 --window               a window; keys: c new initial pose, s side by side, q quit
+  fom live face.png --camera 0 --virtual-camera       a webcam that video-call apps can pick (pip install
+                                                      'fom[live]', and v4l2loopback on Linux, OBS elsewhere)
+  fom live face.png --driving talk.mp4 -o rec.mp4     a file played at its own frame rate, recorded
+  fom live face.png --driving rtsp://host/stream      any stream ffmpeg reads
+
+The newest driving frame is always the one animated: frames the networks are too slow for are dropped,
+never queued, so the delay from camera to screen stays bounded. The first frame (or `c` in the window)
+sets the pose the motion is measured from. A recording keeps the driving clock: a frame animated late
+fills the time of the frames dropped before it. A status line shows frames/s, latency (capture to output,
+p50 and p95) and drops; `--json` prints them at the end. Ctrl-C ends the session with the recording
+finished.
+"""
+
+import collections
+import json
+import sys
+import time
+
+import numpy as np
+
+from fom_cli.commands import animation_options, load_requested_model
+from fom_cli.drawing import side_by_side
+from fom_cli.engine import Animation, check_source
+from fom_cli.errors import BadInput, FomError
+from fom_cli.media.images import fit_frame, read_image, to_uint8
+from fom_cli.media.live_in import LiveFrames
+from fom_cli.media.video_out import VideoWriter, check_video_output
+from fom_cli.options import ANIMATION_MODES, FITS, add_checkpoint, add_config, add_device, add_precision, add_quiet
+
+# Latencies kept for the percentiles: the last minutes of a session, bounded memory.
+LATENCY_WINDOW = 10_000
+
+
+def configure_parser(parser):
+    parser.add_argument("source", help="the image to animate")
+    driving = parser.add_mutually_exclusive_group(required=True)
+    driving.add_argument("--camera", metavar="N", help="a camera: its index (0) or device path (/dev/video2)")
+    driving.add_argument("--driving", metavar="URL_OR_FILE", help="a stream or a video file ffmpeg reads")
+    parser.add_argument("--no-realtime", action="store_true",
+                        help="read a --driving file as fast as it decodes (default: at its own frame rate)")
+    parser.add_argument("-o", "--output", help="also record the animation to this video file")
+    parser.add_argument("--window", action="store_true", help="show the animation in a window")
+    parser.add_argument("--virtual-camera", action="store_true",
+                        help="send the animation to a virtual webcam (pyvirtualcam: pip install 'fom[live]')")
+    parser.add_argument("--json", action="store_true", help="print the session's statistics as one JSON object")
+    add_checkpoint(parser)
+    add_config(parser)
+    parser.add_argument("--align-corners", choices=("true", "false"), default=None,
+                        help="grid_sample convention (default: the config's)")
+    parser.add_argument("--mode", choices=ANIMATION_MODES, default="relative", help="as fom animate's (default relative)")
+    parser.add_argument("--fit", choices=FITS, default="crop", help="as fom animate's (default crop)")
+    add_device(parser)
+    add_precision(parser)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (GPUs)")
+    add_quiet(parser, "no status line or notes")
+
+
+class Statistics:
+    """Frames, drops and latency (capture to output) of a live session."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.animated = 0
+        self.latencies = collections.deque(maxlen=LATENCY_WINDOW)
+
+    def add(self, captured):
+        self.animated += 1
+        self.latencies.append(time.monotonic() - captured)
+
+    def report(self, frames):
+        seconds = time.monotonic() - self.started
+        latencies = np.array(self.latencies) if self.latencies else np.zeros(1)
+        return {"frames_captured": frames.captured, "frames_animated": self.animated, "frames_dropped":
+                frames.dropped, "seconds": seconds, "fps": self.animated / seconds if seconds else 0.0,
+                "driving_fps": frames.fps, "latency_p50_ms": 1000 * float(np.percentile(latencies, 50)),
+                "latency_p95_ms": 1000 * float(np.percentile(latencies, 95))}
+
+    def status(self, frames):
+        report = self.report(frames)
+        return (f"\r{report['fps']:5.1f} frames/s  latency {report['latency_p50_ms']:4.0f} ms (p95 "
+                f"{report['latency_p95_ms']:4.0f})  dropped {report['frames_dropped']}/{report['frames_captured']}")
+
+
+class Window:
+    """The animation in a Tk window (tkinter ships with Python). Keys pressed are collected for the loop."""
+
+    def __init__(self, title):
+        import tkinter
+
+        try:
+            self.root = tkinter.Tk()
+        except tkinter.TclError as error:
+            raise FomError(f"--window needs a display ({error}); run on a desktop, under Xvfb, or without --window")
+        self.root.title(title)
+        self.label = tkinter.Label(self.root)
+        self.label.pack()
+        self.keys = []
+        self.root.bind("<Key>", lambda event: self.keys.append(event.keysym.lower()))
+        self.root.protocol("WM_DELETE_WINDOW", lambda: self.keys.append("q"))
+        self._image = None
+
+    def show(self, frame):
+        import tkinter
+
+        height, width = frame.shape[:2]
+        self._image = tkinter.PhotoImage(data=b"P6 %d %d 255\n" % (width, height) + frame.tobytes(), format="PPM")
+        self.label.configure(image=self._image)
+        self.root.update()
+
+    def close(self):
+        self.root.destroy()
+
+
+def import_pyvirtualcam():
+    try:
+        import pyvirtualcam
+    except ImportError:
+        raise FomError("--virtual-camera needs pyvirtualcam: pip install 'fom[live]' (and on Linux the "
+                       "v4l2loopback kernel module: sudo apt install v4l2loopback-dkms; sudo modprobe "
+                       "v4l2loopback)") from None
+    return pyvirtualcam
+
+
+class VirtualCamera:
+    """A virtual webcam (pyvirtualcam: v4l2loopback on Linux, OBS's virtual camera on Windows and macOS)."""
+
+    def __init__(self, width, height, fps):
+        pyvirtualcam = import_pyvirtualcam()
+        try:
+            self.camera = pyvirtualcam.Camera(width=width, height=height, fps=fps)
+        except Exception as error:  # no device: pyvirtualcam says which backend it tried
+            raise FomError(f"no virtual camera device ({str(error).strip().splitlines()[0]}); on Linux: sudo "
+                           "modprobe v4l2loopback; on Windows and macOS: install OBS and start its virtual "
+                           "camera once") from None
+
+    def show(self, frame):
+        self.camera.send(frame)
+
+    def close(self):
+        self.camera.close()
+
+
+def run(args):
+    source = check_source(args.source)
+    if not (args.window or args.virtual_camera or args.output):
+        raise BadInput("fom live needs an output: --window, --virtual-camera and/or -o FILE")
+    if args.output:
+        check_video_output(args.output)
+    if args.virtual_camera:
+        import_pyvirtualcam()  # before the model loads; the device is opened with the frame size, below
+    options = animation_options(args, batch_size=1, audio=False)
+    model = load_requested_model(args)
+    frames = LiveFrames(camera=args.camera, driving=args.driving, realtime=not args.no_realtime)
+    sinks, writer = [], None
+    try:
+        animation = Animation(model.networks, model.precision, read_image(source), frames, options,
+                              source_name=str(source))
+        height, width = animation.size
+        if args.window:
+            sinks.append(Window(f"fom live: {source.name}"))
+        if args.virtual_camera:
+            sinks.append(VirtualCamera(width, height, frames.fps))
+        if args.output:
+            writer = VideoWriter(args.output, fps=frames.fps)
+        live_loop(animation, frames, sinks, writer, args)
+    finally:
+        frames.close()
+        for sink in sinks:
+            sink.close()
+    return 0
+
+
+def live_loop(animation, frames, sinks, writer, args):
+    statistics, side_by_side_shown, last_number = Statistics(), False, -1
+    source_square = animation.faces[0].square
+    try:
+        with writer if writer is not None else _NoRecording():
+            for output in animation:
+                current = frames.current
+                statistics.add(current.captured)
+                picture = to_uint8(output)
+                if writer is not None:
+                    # The driving clock: this frame also stands for the frames dropped since the last one.
+                    for _ in range(current.number - last_number):
+                        writer.write(picture)
+                last_number = current.number
+                shown = picture
+                if side_by_side_shown:
+                    driving = fit_frame(current.pixels, animation.size, args.fit)
+                    keypoints = animation.faces[0].animator.last_keypoints
+                    shown = to_uint8(side_by_side(source_square, driving, output, keypoints))
+                for sink in sinks:
+                    sink.show(shown if isinstance(sink, Window) else picture)
+                keys = [key for sink in sinks if isinstance(sink, Window) for key in sink.keys]
+                for sink in sinks:
+                    if isinstance(sink, Window):
+                        sink.keys.clear()
+                if "q" in keys or "escape" in keys:
+                    break
+                if "c" in keys:  # this driving frame now matches the source's pose
+                    animation.faces[0].animator.set_initial_frame(fit_frame(current.pixels, animation.size, args.fit))
+                if "s" in keys:
+                    side_by_side_shown = not side_by_side_shown
+                if not args.quiet and sys.stderr.isatty() and statistics.animated % 5 == 0:
+                    print(statistics.status(frames), end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends the session; the recording is finished above
+    if not args.quiet:
+        print(statistics.status(frames).lstrip("\r"), file=sys.stderr)
+    report = statistics.report(frames)
+    if args.json:
+        print(json.dumps(report))
+    if report["frames_animated"] >= 10 and report["fps"] < 0.8 * frames.fps and not args.quiet:
+        print(f"note: this machine animates {report['fps']:.1f} of the driving {frames.fps:g} frames/s: the rest "
+              "are dropped; try --precision bf16 on a CPU that has it, a GPU, or a smaller model", file=sys.stderr)
+
+
+class _NoRecording:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
