@@ -65,7 +65,9 @@ class LiveFrames:
             self.fps = 30.0
         else:
             self.name = str(driving)
-            input_params = ["-re"] if realtime else []
+            # -re plays a file at its own rate; with no initial burst (ffmpeg 6.1+ sends 0.5 s at once by
+            # default), as a camera would.
+            input_params = ["-re", "-readrate_initial_burst", "0"] if realtime else []
             self.fps = 25.0
             if os.path.exists(self.name):
                 info = probe(self.name)  # a file: its frame rate, and a clear line when it is no video

@@ -18,7 +18,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from fom_cli.errors import BadInput, first_line
-from fom_cli.media.ffmpeg import last_ffmpeg_message, run_ffmpeg
+from fom_cli.media.ffmpeg import count_video_packets, last_ffmpeg_message, run_ffmpeg
 from fom_cli.media.images import (IMAGE_EXTENSIONS, check_image_path, decode_image, frame_files,
                                   to_uint8_rgb)
 
@@ -230,7 +230,7 @@ def _probe_with_ffmpeg(path) -> VideoInfo:
         hours, minutes, seconds = duration_match.groups()
         duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
-    num_frames, cut_off = _count_video_packets(path)
+    num_frames, cut_off = count_video_packets(path)
     announced_frames = num_frames
     if duration and (num_frames is None or cut_off):
         # The header's duration is the container's, which may be the sound's; it is only the video's word
@@ -273,18 +273,6 @@ def _exact_frame_rate(fps: float) -> float:
         if abs(fps - ntsc_rate) < 0.006:
             return ntsc_rate
     return fps
-
-
-def _count_video_packets(path) -> Tuple[Optional[int], bool]:
-    """(the number of video packets in the file or None, whether the file ends before its index does)."""
-    # Stream copy reads the container without decoding a single picture; the framecrc muxer writes one
-    # line per packet (and "#" header lines). Its count does not depend on ffmpeg's progress line, which
-    # ffmpeg 7.0 prints without a frame count when copying.
-    result = run_ffmpeg(["-v", "error", "-i", path, "-map", "0:V:0", "-c", "copy", "-f", "framecrc", "-"])
-    cut_off = "partial file" in result.stderr  # the demuxer's word for packets its index lists past the end
-    if result.returncode != 0:
-        return None, cut_off
-    return sum(1 for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")), cut_off
 
 
 # ----------------------------------------------------------------------------------------------------
