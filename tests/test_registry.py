@@ -369,8 +369,6 @@ def test_the_next_url_is_tried_when_the_first_serves_a_truncated_file(home, serv
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A throwaway self-signed certificate for 127.0.0.1 (key and certificate in one PEM file)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed: no certificate for a local https server")
     folder = tmp_path_factory.mktemp("tls")
     pem = folder / "localhost.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
@@ -380,6 +378,8 @@ def certificate(tmp_path_factory):
     return folder
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None,
+                    reason="the openssl command is not installed: no certificate for a local https server")
 def test_https_redirected_to_http_is_refused(home, server, tmp_path, monkeypatch, capsys, certificate):
     secure = FileServer(certificate=certificate / "localhost.pem")
     try:
