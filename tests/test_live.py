@@ -62,6 +62,23 @@ def test_a_slow_model_drops_frames_instead_of_queueing_them(clip, tmp_path, caps
     assert "note: this machine animates" in err
 
 
+def test_ctrl_c_ends_the_session_with_the_recording_finished(clip, tmp_path, capsys, monkeypatch):
+    from fom_cli.animation import Animator
+
+    animate, calls = Animator.animate, []
+
+    def interrupted_at_the_tenth_frame(self, frames, kp_driving=None):
+        calls.append(1)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return animate(self, frames, kp_driving)
+
+    monkeypatch.setattr(Animator, "animate", interrupted_at_the_tenth_frame)
+    code, report, err = live(["--driving", clip, "-o", tmp_path / "rec.mp4"], capsys)
+    assert code == 0, err
+    assert report["frames_animated"] == 9 and probe(tmp_path / "rec.mp4").num_frames >= 9
+
+
 def test_every_failure_is_one_line(clip, tmp_path, capsys, monkeypatch):
     def one_line(args, *words):
         code, _, err = run_cli(["live", SOURCE, *MODEL, *args], capsys)

@@ -15,7 +15,9 @@ finished.
 """
 
 import collections
+import contextlib
 import json
+import logging
 import sys
 import time
 
@@ -30,8 +32,11 @@ from fom_cli.media.live_in import LiveFrames
 from fom_cli.media.video_out import VideoWriter, check_video_output
 from fom_cli.options import ANIMATION_MODES, FITS, add_checkpoint, add_config, add_device, add_precision, add_quiet
 
+log = logging.getLogger("fom_cli")
 # Latencies kept for the percentiles: the last minutes of a session, bounded memory.
 LATENCY_WINDOW = 10_000
+# How long the session runs before fom says what speed to expect.
+WARM_UP_SECONDS = 1.0
 
 
 def configure_parser(parser):
@@ -154,73 +159,74 @@ def run(args):
     options = animation_options(args, batch_size=1, audio=False)
     model = load_requested_model(args)
     frames = LiveFrames(camera=args.camera, driving=args.driving, realtime=not args.no_realtime)
-    sinks, writer = [], None
+    window = camera = writer = None
     try:
         animation = Animation(model.networks, model.precision, read_image(source), frames, options,
                               source_name=str(source))
         height, width = animation.size
         if args.window:
-            sinks.append(Window(f"fom live: {source.name}"))
+            window = Window(f"fom live: {source.name}")
         if args.virtual_camera:
-            sinks.append(VirtualCamera(width, height, frames.fps))
+            camera = VirtualCamera(width, height, frames.fps)
         if args.output:
             writer = VideoWriter(args.output, fps=frames.fps)
-        live_loop(animation, frames, sinks, writer, args)
+        with writer if writer is not None else contextlib.nullcontext():
+            statistics = live_loop(animation, frames, window, camera, writer, args)
     finally:
         frames.close()
-        for sink in sinks:
-            sink.close()
+        for sink in (window, camera):
+            if sink is not None:
+                sink.close()
+    if not args.quiet:
+        print(statistics.status(frames).lstrip("\r"), file=sys.stderr)
+    if args.json:
+        print(json.dumps(statistics.report(frames)))
     return 0
 
 
-def live_loop(animation, frames, sinks, writer, args):
-    statistics, side_by_side_shown, last_number = Statistics(), False, -1
-    source_square = animation.faces[0].square
+def live_loop(animation, frames, window, camera, writer, args):
+    """Animate until the input ends, `q` or Ctrl-C; returns the session's Statistics. Ctrl-C is caught here,
+    inside the recording's `with`, so that the recording is finished rather than thrown away."""
+    statistics, side_by_side_shown, last_number, estimated = Statistics(), False, -1, False
+    animator = animation.faces[0].animator
     try:
-        with writer if writer is not None else _NoRecording():
-            for output in animation:
-                current = frames.current
-                statistics.add(current.captured)
-                picture = to_uint8(output)
-                if writer is not None:
-                    # The driving clock: this frame also stands for the frames dropped since the last one.
-                    for _ in range(current.number - last_number):
-                        writer.write(picture)
-                last_number = current.number
-                shown = picture
-                if side_by_side_shown:
-                    driving = fit_frame(current.pixels, animation.size, args.fit)
-                    keypoints = animation.faces[0].animator.last_keypoints
-                    shown = to_uint8(side_by_side(source_square, driving, output, keypoints))
-                for sink in sinks:
-                    sink.show(shown if isinstance(sink, Window) else picture)
-                keys = [key for sink in sinks if isinstance(sink, Window) for key in sink.keys]
-                for sink in sinks:
-                    if isinstance(sink, Window):
-                        sink.keys.clear()
+        for output in animation:
+            current = frames.current
+            statistics.add(current.captured)
+            picture = to_uint8(output)
+            if writer is not None:
+                # The driving clock: this frame also stands for the frames dropped since the last one.
+                for _ in range(current.number - last_number):
+                    writer.write(picture)
+            last_number = current.number
+            if camera is not None:
+                camera.show(picture)
+            if window is not None:
+                driving = fit_frame(current.pixels, animation.size, args.fit)
+                window.show(to_uint8(side_by_side(animation.faces[0].square, driving, output,
+                                                  animator.last_keypoints)) if side_by_side_shown else picture)
+                keys, window.keys = window.keys, []
                 if "q" in keys or "escape" in keys:
                     break
                 if "c" in keys:  # this driving frame now matches the source's pose
-                    animation.faces[0].animator.set_initial_frame(fit_frame(current.pixels, animation.size, args.fit))
+                    animator.set_initial_frame(driving)
                 if "s" in keys:
                     side_by_side_shown = not side_by_side_shown
-                if not args.quiet and sys.stderr.isatty() and statistics.animated % 5 == 0:
-                    print(statistics.status(frames), end="", file=sys.stderr, flush=True)
+            if not estimated and time.monotonic() - statistics.started >= WARM_UP_SECONDS:
+                estimated = True
+                note_expected_speed(statistics.report(frames))
+            if not args.quiet and sys.stderr.isatty() and statistics.animated % 5 == 0:
+                print(statistics.status(frames), end="", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        pass  # Ctrl-C ends the session; the recording is finished above
-    if not args.quiet:
-        print(statistics.status(frames).lstrip("\r"), file=sys.stderr)
-    report = statistics.report(frames)
-    if args.json:
-        print(json.dumps(report))
-    if report["frames_animated"] >= 10 and report["fps"] < 0.8 * frames.fps and not args.quiet:
-        print(f"note: this machine animates {report['fps']:.1f} of the driving {frames.fps:g} frames/s: the rest "
-              "are dropped; try --precision bf16 on a CPU that has it, a GPU, or a smaller model", file=sys.stderr)
+        pass  # Ctrl-C ends the session
+    return statistics
 
 
-class _NoRecording:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def note_expected_speed(report):
+    """After the warm-up: the frames/s this machine keeps up, and what to try when it is too few."""
+    fps, driving_fps = report["fps"], report["driving_fps"]
+    if fps >= 0.8 * driving_fps:
+        log.info(f"animating {fps:.1f} frames/s of the driving {driving_fps:g}")
+    else:
+        log.info(f"this machine animates {fps:.1f} of the driving {driving_fps:g} frames/s: the rest are dropped; "
+                 "try --precision bf16 on a CPU that has it, a GPU (--device cuda), or a smaller model")
