@@ -377,7 +377,8 @@ class Animation:
             self.faces = [SourceFace(window=None, square=fit_frame(self.source_image, self.size, options.fit))]
         self.follower = None
         if options.crop_driving:
-            self.follower = DrivingFollower(driving, detector, options.increase, self.size[0])
+            self.follower = DrivingFollower(driving, detector, options.increase, self.size[0],
+                                            causal=getattr(driving, "live", False))
             self.follower.find_face(self.first, self.stop)  # no face: stops here, before anything is written
         elif aspect_ratio_differs(driving.size, self.size):
             log.info(f"{driving.path or 'the driving video'} is {driving.size[1]}x{driving.size[0]}; --fit "
@@ -434,6 +435,7 @@ class Animation:
         with progress_bar(total=total, unit="frame", desc=self.output_name, disable=not self.progress) as bar:
             for batch in batched(frames, self.batch_size):
                 driving = np.stack([frame for frame, _ in batch])
+                self.last_driving = driving[-1]  # the model-size square (live's side-by-side and new pose)
                 with networks:
                     # Every face follows the same driving frames: their keypoints are found once.
                     kp_driving = faces[0].animator.keypoints(driving) if len(faces) > 1 else None

@@ -148,6 +148,9 @@ def square_box(centre_x, centre_y, size):
 # The follower detects this often (per second of video) and interpolates between: the window is smoothed
 # over SMOOTH_SECONDS anyway, so more detections would cost time and change nothing visible.
 DETECTIONS_PER_SECOND = 10
+# Live (a camera), a frame cannot wait for later ones: the window follows the face through an exponential
+# moving average with this time constant instead, and between detections it keeps the last box.
+LIVE_SMOOTH_SECONDS = 0.1
 
 # The detector's working copy of a driving frame is at most this long: a phone video's face is large, and
 # detection must stay a small share of the animation's time. (Small videos are still enlarged for dlib.)
@@ -180,10 +183,15 @@ class DrivingFollower:
     bounded (about 0.6 s of frames) whatever the video's length. The face followed is the most prominent
     one at the start; it is kept by nearness from detection to detection, and given up for the most
     prominent face only after it has been missing for MAX_MISSING_SECONDS.
+
+    `causal` (live input): no look-ahead at all. Between detections the last box is kept rather than
+    interpolated toward the next one, and the track is smoothed by an exponential moving average
+    (LIVE_SMOOTH_SECONDS) over the frames before, so each frame is cut as soon as it arrives.
     """
 
-    def __init__(self, reader, detector, increase, size, detect_every=None):
+    def __init__(self, reader, detector, increase, size, detect_every=None, causal=False):
         self.reader = reader
+        self.causal = causal
         self.detector = detector
         self.increase = increase
         self.size = size
@@ -255,7 +263,10 @@ class DrivingFollower:
         waiting = []  # frames since the latest detection, waiting for the next one to interpolate their boxes
         for index, frame in enumerate(frames):
             if index % self.detect_every:
-                waiting.append(frame)
+                if self.causal:
+                    yield frame, box
+                else:
+                    waiting.append(frame)
                 continue
             started = time.perf_counter()
             found = self.follow(self.detect_near(frame, box), box, missing)
@@ -299,6 +310,9 @@ class DrivingFollower:
         gaussian_smooth does: a face moving at the start or end is then followed where it is, not held back
         toward where it was.
         """
+        if self.causal:
+            yield from self.averaged(boxed)
+            return
         radius = self.radius
         past = deque(maxlen=radius)  # the track of the latest frames handed out
         ahead = deque()  # (frame, track) not handed out yet: the current one and up to radius after it
@@ -323,3 +337,12 @@ class DrivingFollower:
                 yield hand_out()
         while ahead:
             yield hand_out()
+
+    def averaged(self, boxed):
+        """(frame, (centre x, centre y, size)) smoothed causally: an exponential moving average."""
+        weight = 1 - np.exp(-1 / max(LIVE_SMOOTH_SECONDS * self.reader.fps, 1e-6))
+        state = None
+        for frame, box in boxed:
+            value = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, max(box[2] - box[0], box[3] - box[1])])
+            state = value if state is None else state + weight * (value - state)
+            yield frame, tuple(state)

@@ -5,11 +5,13 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, driving_frames, make_clip, run_cli
+from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, carphone_path, driving_frames, make_clip, run_cli
+from fom_cli.media.images import image_size
 from fom_cli.media.video_in import probe
 
 MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--precision", "fp32", "--device", "cpu"]
@@ -77,6 +79,36 @@ def test_ctrl_c_ends_the_session_with_the_recording_finished(clip, tmp_path, cap
     code, report, err = live(["--driving", clip, "-o", tmp_path / "rec.mp4"], capsys)
     assert code == 0, err
     assert report["frames_animated"] == 9 and probe(tmp_path / "rec.mp4").num_frames >= 9
+
+
+def test_face_follows_the_driving_face_live_and_pastes_back_into_the_photo(tmp_path, capsys):
+    import matplotlib
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    code, out, err = run_cli(["live", photo, "--driving", carphone_path(), "--face", "--checkpoint", SMALL_CHECKPOINT,
+                              "--config", SMALL_CONFIG, "--device", "cpu", "-o", tmp_path / "rec.mp4", "--json"],
+                             capsys)
+    assert code == 0, err
+    report, recording, driving = json.loads(out), probe(tmp_path / "rec.mp4"), probe(carphone_path())
+    assert recording.size == image_size(photo)  # the whole photo, with the animated face pasted back
+    assert abs(recording.num_frames / recording.fps - driving.num_frames / driving.fps) <= 0.2
+    assert report["frames_animated"] > 0
+
+
+def test_the_live_face_window_never_looks_ahead():
+    """A face that jumps at frame 5: live, frames 0-4 keep its old place exactly and the window then eases
+    toward the new one; a video's smoothing (look-ahead) moves frames 0-4 toward it already."""
+    from types import SimpleNamespace
+
+    from fom_cli.face_tracks import DrivingFollower
+
+    boxes = [(0, 0, 100, 100)] * 5 + [(50, 0, 150, 100)] * 10
+    boxed = [(index, box) for index, box in enumerate(boxes)]
+    reader = SimpleNamespace(fps=25.0)
+    live_track = [x for _, (x, _, _) in DrivingFollower(reader, None, 0.1, 64, causal=True).smoothed(boxed)]
+    video_track = [x for _, (x, _, _) in DrivingFollower(reader, None, 0.1, 64).smoothed(boxed)]
+    assert live_track[:5] == [50.0] * 5 and 50 < live_track[5] < live_track[9] < 100
+    assert video_track[4] > 50  # the look-ahead a camera cannot have
 
 
 def test_every_failure_is_one_line(clip, tmp_path, capsys, monkeypatch):

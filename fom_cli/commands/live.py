@@ -27,10 +27,11 @@ from fom_cli.commands import animation_options, load_requested_model
 from fom_cli.drawing import side_by_side
 from fom_cli.engine import Animation, check_source
 from fom_cli.errors import BadInput, FomError
-from fom_cli.media.images import fit_frame, read_image, to_uint8
+from fom_cli.media.images import read_image, to_uint8
 from fom_cli.media.live_in import LiveFrames
 from fom_cli.media.video_out import VideoWriter, check_video_output
-from fom_cli.options import ANIMATION_MODES, FITS, add_checkpoint, add_config, add_device, add_precision, add_quiet
+from fom_cli.options import (ANIMATION_MODES, FITS, add_checkpoint, add_config, add_device, add_face_options,
+                             add_precision, add_quiet)
 
 log = logging.getLogger("fom_cli")
 # Latencies kept for the percentiles: the last minutes of a session, bounded memory.
@@ -61,6 +62,7 @@ def configure_parser(parser):
     add_precision(parser)
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (GPUs)")
     add_quiet(parser, "no status line or notes")
+    add_face_options(parser)
 
 
 class Statistics:
@@ -130,22 +132,28 @@ def import_pyvirtualcam():
 
 
 class VirtualCamera:
-    """A virtual webcam (pyvirtualcam: v4l2loopback on Linux, OBS's virtual camera on Windows and macOS)."""
+    """A virtual webcam (pyvirtualcam: v4l2loopback on Linux, OBS's virtual camera on Windows and macOS),
+    opened with the first frame's size (the model's square, or the whole photo with --paste-back)."""
 
-    def __init__(self, width, height, fps):
-        pyvirtualcam = import_pyvirtualcam()
-        try:
-            self.camera = pyvirtualcam.Camera(width=width, height=height, fps=fps)
-        except Exception as error:  # no device: pyvirtualcam says which backend it tried
-            raise FomError(f"no virtual camera device ({str(error).strip().splitlines()[0]}); on Linux: sudo "
-                           "modprobe v4l2loopback; on Windows and macOS: install OBS and start its virtual "
-                           "camera once") from None
+    def __init__(self, fps):
+        self.fps = fps
+        self.camera = None
 
     def show(self, frame):
+        if self.camera is None:
+            try:
+                self.camera = import_pyvirtualcam().Camera(width=frame.shape[1], height=frame.shape[0], fps=self.fps)
+            except FomError:
+                raise
+            except Exception as error:  # no device: pyvirtualcam says which backend it tried
+                raise FomError(f"no virtual camera device ({str(error).strip().splitlines()[0]}); on Linux: sudo "
+                               "modprobe v4l2loopback; on Windows and macOS: install OBS and start its virtual "
+                               "camera once") from None
         self.camera.send(frame)
 
     def close(self):
-        self.camera.close()
+        if self.camera is not None:
+            self.camera.close()
 
 
 def run(args):
@@ -163,11 +171,10 @@ def run(args):
     try:
         animation = Animation(model.networks, model.precision, read_image(source), frames, options,
                               source_name=str(source))
-        height, width = animation.size
         if args.window:
             window = Window(f"fom live: {source.name}")
         if args.virtual_camera:
-            camera = VirtualCamera(width, height, frames.fps)
+            camera = VirtualCamera(frames.fps)
         if args.output:
             writer = VideoWriter(args.output, fps=frames.fps)
         with writer if writer is not None else contextlib.nullcontext():
@@ -202,9 +209,11 @@ def live_loop(animation, frames, window, camera, writer, args):
             if camera is not None:
                 camera.show(picture)
             if window is not None:
-                driving = fit_frame(current.pixels, animation.size, args.fit)
+                driving = animation.last_driving
+                # Side by side shows the model's squares; a face pasted back into its photo is shown as it is.
+                panels = side_by_side_shown and output.shape[:2] == driving.shape[:2]
                 window.show(to_uint8(side_by_side(animation.faces[0].square, driving, output,
-                                                  animator.last_keypoints)) if side_by_side_shown else picture)
+                                                  animator.last_keypoints)) if panels else picture)
                 keys, window.keys = window.keys, []
                 if "q" in keys or "escape" in keys:
                     break
