@@ -1,6 +1,7 @@
 """fom live: a driving file played in real time (as a camera delivers frames), animated newest-frame-first,
 recorded on the driving clock (fom_cli/commands/live.py, fom_cli/media/live_in.py)."""
 
+import glob
 import json
 import shutil
 import sys
@@ -126,29 +127,61 @@ def test_every_failure_is_one_line(clip, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "rec.mp4").exists()
 
 
-@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt install xvfb)")
-def test_the_window_shows_the_animated_frame_under_a_virtual_display(clip, tmp_path, capsys, monkeypatch):
+@pytest.mark.skipif(bool(glob.glob("/dev/video*")), reason="this machine has video devices: a loopback one would work")
+def test_a_virtual_camera_without_a_device_is_one_line_saying_what_to_install(clip, tmp_path, capsys):
+    pytest.importorskip("pyvirtualcam", reason="pyvirtualcam (the test extra) is not installed")
+    code, _, err = run_cli(["live", SOURCE, *MODEL, "--driving", clip, "--virtual-camera", "-o", tmp_path / "rec.mp4"],
+                           capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("fom: error: "), err
+    assert "no virtual camera device" in err and "modprobe v4l2loopback" in err and "OBS" in err
+    assert not (tmp_path / "rec.mp4").exists()
+
+
+def read_xwd(data):
+    """An X window dump (xwd's format: a header of 25 big-endian 32-bit fields, the window's name, a colour
+    map, then rows of pixels) as uint8 (H, W, 3), for the 24-bit TrueColor screens Xvfb makes."""
+    header = np.frombuffer(data[:100], dtype=">u4")
+    header_size, width, height, byte_order = int(header[0]), int(header[4]), int(header[5]), int(header[7])
+    bits_per_pixel, bytes_per_line, colours = int(header[11]), int(header[12]), int(header[19])
+    assert bits_per_pixel == 32, "a 24-bit screen stores 32 bits per pixel"
+    start = header_size + 12 * colours
+    rows = np.frombuffer(data[start:start + height * bytes_per_line], dtype=np.uint8).reshape(height, bytes_per_line)
+    pixels = rows[:, :4 * width].reshape(height, width, 4)
+    return pixels[..., [2, 1, 0]] if byte_order == 0 else pixels[..., [1, 2, 3]]  # LSB first: B G R x
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xwd") is None,
+                    reason="Xvfb and xwd are not installed (apt install xvfb x11-apps)")
+def test_a_screenshot_of_the_window_shows_the_animated_frame(clip, tmp_path, capsys, monkeypatch):
     import subprocess
 
-    display = ":97"
-    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24"], stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "640x480x24"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
     try:
-        time.sleep(1)
+        display = ":" + server.stdout.readline().strip()
         monkeypatch.setenv("DISPLAY", display)
         from fom_cli.commands import live as live_command
 
-        shown = []
+        screenshots = []
         original = live_command.Window.show
 
         def show(self, frame):
             original(self, frame)
-            # What the window really displays: its image read back from Tk, not the array we gave it.
-            width, height = self._image.width(), self._image.height()
-            shown.append(np.array([[self._image.get(x, y) for x in range(0, width, 8)] for y in range(0, height, 8)]))
+            if len(screenshots) < 3:  # the X server's own pixels of the window's picture, as a screen shows them
+                dump = subprocess.run(["xwd", "-silent", "-display", display, "-id", str(self.label.winfo_id())],
+                                      capture_output=True, check=True).stdout
+                screenshots.append((frame.copy(), read_xwd(dump)))
 
         monkeypatch.setattr(live_command.Window, "show", show)
         code, report, err = live(["--driving", clip, "--window", "-o", tmp_path / "rec.mp4"], capsys)
         assert code == 0, err
-        assert len(shown) == report["frames_animated"] and shown[-1].std() > 5  # a picture, not a blank window
+        assert len(screenshots) == 3
+        for frame, shot in screenshots:
+            height, width = frame.shape[:2]
+            # The label centres the picture inside its border: find it there, pixel for pixel.
+            found = [(y, x) for y in range(shot.shape[0] - height + 1) for x in range(shot.shape[1] - width + 1)
+                     if np.array_equal(shot[y:y + height, x:x + width], frame)]
+            assert found, "the animated frame is not on the screen"
+        assert not np.array_equal(screenshots[0][0], screenshots[2][0])  # and it is animated
     finally:
         server.kill()
