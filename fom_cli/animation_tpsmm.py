@@ -86,11 +86,11 @@ def load_tps_networks(checkpoint, config, path, device="cpu", optimize=True, pre
     return networks["kp_detector"], model
 
 
-def optimize_tps_networks(kp_detector, model, prepack=False):
+def optimize_tps_networks(kp_detector, model, prepack=False, portable=False):
     """The exact inference rewrites, in place: the dense motion and inpainting networks rewritten
     (optimize_tps_for_inference), the keypoint detector's BatchNorms folded and its layout channels_last."""
-    optimize_tps_for_inference(model.dense_motion_network, inplace=True, prepack=prepack)
-    optimize_tps_for_inference(model.inpainting_network, inplace=True, prepack=prepack)
+    optimize_tps_for_inference(model.dense_motion_network, inplace=True, prepack=prepack, portable=portable)
+    optimize_tps_for_inference(model.inpainting_network, inplace=True, prepack=prepack, portable=portable)
     fold_resnet_batchnorm(kp_detector.eval().fg_encoder)
     kp_detector.to(memory_format=torch.channels_last)
 

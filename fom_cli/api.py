@@ -28,7 +28,8 @@ from fom_cli.errors import BadInput
 from fom_cli.families import load_networks
 from fom_cli.fetch import checkpoint_or_bundled
 from fom_cli.media.images import read_image, to_uint8
-from fom_cli.options import PRECISIONS
+from fom_cli.onnx_graphs import is_export_folder
+from fom_cli.options import BACKENDS, PRECISIONS
 from fom_cli.runtime import choose_precision, pick_device
 
 log = logging.getLogger("fom_cli")
@@ -87,7 +88,7 @@ def source_image(source):
 
 
 def load_model(checkpoint=None, device="auto", precision="auto", config=None, align_corners=None, compile=False,
-               progress=False):
+               progress=False, backend=None):
     """A Model from a released model's name (`vox`, `tpsmm-vox`, ...: downloaded once into the cache), a
     checkpoint file (FOMM, TPSMM, or one fom trained or exported), or None for the bundled toon-128 model.
 
@@ -96,12 +97,23 @@ def load_model(checkpoint=None, device="auto", precision="auto", config=None, al
     keypoints, output layers and sampling stay fp32); Model.precision says what was chosen. config: a config name or YAML path (default: the
     checkpoint's own, or the bundled config whose tensor shapes match). align_corners: None (the config's),
     True or False. compile: torch.compile the networks (GPUs). progress: report a download on stderr.
+    backend: torch, or onnxruntime (the graphs of `fom export --onnx`: a checkpoint is exported once into the
+    cache); None: torch, or onnxruntime when `checkpoint` is a folder of exported graphs.
     """
     if precision not in PRECISIONS:
         raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if backend not in (None, *BACKENDS):
+        raise BadInput(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     device = pick_device(device)
-    precision, precision_reason = choose_precision(precision, device)
     path = checkpoint_or_bundled(str(checkpoint) if checkpoint is not None else None, quiet=not progress)
+    if backend is None:
+        backend = "onnxruntime" if is_export_folder(path) else "torch"
+    if backend == "onnxruntime":
+        networks = load_onnx_networks(path, config, align_corners, device, precision, compile, progress)
+        return Model(networks, "fp32", path, "the onnxruntime backend runs float32 graphs")
+    if is_export_folder(path):
+        raise BadInput(f"{path} holds ONNX graphs: run them with --backend onnxruntime")
+    precision, precision_reason = choose_precision(precision, device)
     networks = load_networks(path, load_config(config) if config else None, align_corners, device,
                              precision=precision, compile=compile)
     if checkpoint is None:
@@ -110,6 +122,25 @@ def load_model(checkpoint=None, device="auto", precision="auto", config=None, al
     if networks.note:
         log.info(networks.note)
     return Model(networks, precision, path, precision_reason)
+
+
+def load_onnx_networks(path, config, align_corners, device, precision, compile, progress):
+    """OnnxNetworks from a folder of exported graphs, or from a checkpoint exported first into the cache (once
+    per checkpoint, config and convention)."""
+    from fom_cli.onnx_backend import OnnxNetworks, import_onnxruntime
+    from fom_cli.onnx_graphs import cached_export
+
+    import_onnxruntime()   # a missing extra stops here, before an export
+    if precision not in ("auto", "fp32"):
+        raise BadInput(f"the onnxruntime backend runs float32 graphs: leave out --precision {precision}")
+    if compile:
+        raise BadInput("--compile is torch's: leave it out with --backend onnxruntime")
+    if not is_export_folder(path):
+        path = cached_export(path, load_config(config) if config else None, align_corners, progress)
+    elif config is not None or align_corners is not None:
+        raise BadInput(f"{path} was exported with its config and grid convention: export again to change them "
+                       "(fom export CHECKPOINT --config ... --onnx DIR)")
+    return OnnxNetworks(path, device)
 
 
 def animate(model, source, driving, output, progress=False, **options):

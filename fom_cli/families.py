@@ -52,6 +52,10 @@ class Networks:
     def device(self):
         return next(self.generator.parameters()).device
 
+    @property
+    def has_avd_network(self):
+        return getattr(self.generator, "avd_network", None) is not None
+
     def animator(self, source, mode="relative", adapt_scale=True, precision="fp32"):
         """The family's animator for one source image (float [0, 1] or uint8, H x W x 3, the model's size)."""
         return self.family.animator(self.kp_detector, self.generator, source, mode=mode, adapt_scale=adapt_scale,
@@ -87,7 +91,7 @@ def load_networks(checkpoint_path, config=None, align_corners=None, device="cpu"
 
 def check_animation_mode(networks, mode, checkpoint="the checkpoint"):
     """FomError, before any work, for a --mode the networks cannot animate in."""
-    if mode in networks.family.modes and not (mode == "avd" and networks.generator.avd_network is None):
+    if mode in networks.family.modes and not (mode == "avd" and not networks.has_avd_network):
         return
     if mode == "avd" and networks.family.name == "tpsmm":
         raise FomError(f"--mode avd needs the AVD network, and {checkpoint} has no avd_network; use --mode "

@@ -100,6 +100,16 @@ def add_precision(parser, help_text="network precision (default auto: bf16 on a 
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=help_text)
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
+def add_backend(parser):
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="torch (default), or onnxruntime: the graphs of `fom export --onnx` (a checkpoint is "
+                             "exported once into the cache; a folder of graphs as --checkpoint runs with it "
+                             "by default); needs pip install 'fom[onnx]'")
+
+
 def add_quiet(parser, help_text="no progress bar or notes"):
     parser.add_argument("-q", "--quiet", action="store_true", help=help_text)
 
@@ -151,6 +161,7 @@ def add_animation_options(parser):
     add_device(run)
     add_batch_size(run)
     add_precision(run)
+    add_backend(run)
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the networks (pays off on GPUs for long or many videos: the first batch "
                           "waits for compilation); falls back to plain PyTorch with a warning where it fails")

@@ -50,7 +50,7 @@ def load_requested_model(args):
 
     align_corners = None if args.align_corners is None else args.align_corners == "true"
     model = load_model(args.checkpoint, args.device, args.precision, args.config, align_corners, args.compile,
-                       progress=not args.quiet)
+                       progress=not args.quiet, backend=getattr(args, "backend", None))
     if model.device.type == "cpu":
         note_cpu_speed(model.precision, args.compile)
     check_animation_mode(model.networks, args.mode, model.checkpoint)

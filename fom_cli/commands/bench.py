@@ -43,7 +43,7 @@ from fom_cli.media.video_in import probe
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.models.inference import optimize_for_inference
 from fom_cli.models.private_ops import Int8SplitConv
-from fom_cli.options import add_batch_size, add_config, add_device, add_precision, add_quiet, positive_int
+from fom_cli.options import BACKENDS, add_batch_size, add_config, add_device, add_precision, add_quiet, positive_int
 from fom_cli.runtime import (AUTOCAST_DTYPES, choose_precision, cpu_name, cpu_precisions, default_batch_size, pick_device,
                              to_tensor)
 
@@ -62,6 +62,9 @@ def configure_parser(parser):
     add_precision(parser, "precision of fom's pipeline (default auto, as `fom animate` picks it; the report says "
                           "which and why); the straightforward path always runs in fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the pipeline's networks")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="onnxruntime: also time the same pipeline through onnxruntime (the graphs of fom export "
+                             "--onnx), beside torch's, in the same run (default: torch alone)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the straightforward path")
     parser.add_argument("--repeats", type=positive_int, default=3,
                         help="timed runs of each path, taking turns; the fastest counts (default 3)")
@@ -137,12 +140,14 @@ def pipeline_animation(animator, driving, batch_size):
     return animator.animate_all(driving, batch_size)
 
 
-def race(pipeline, straightforward, args, device, report):
-    """Time the two paths taking turns, `--repeats` times each, so that a slow spell of the machine (other
-    processes, clock changes) hits both; each path's fastest run is its speed, as timeit reports. Adds the
-    pipeline's frames/s to `report` and, unless --no-baseline, the straightforward path's, their ratio and
-    the largest difference between the two paths' frames."""
-    seconds = {"pipeline": [], "straightforward": []}
+def race(pipeline, straightforward, args, device, report, onnxruntime=None):
+    """Time the paths taking turns, `--repeats` times each, so that a slow spell of the machine (other
+    processes, clock changes) hits all of them; each path's fastest run is its speed, as timeit reports. Adds
+    the pipeline's frames/s to `report` and, unless --no-baseline, the straightforward path's, their ratio and
+    the largest difference between the two paths' frames; with `onnxruntime` (the same pipeline on the
+    onnxruntime backend), its frames/s, its ratio to the torch pipeline's, and its largest difference from the
+    straightforward path's frames (from the torch pipeline's with --no-baseline)."""
+    seconds = {"pipeline": [], "straightforward": [], "onnxruntime": []}
     slow = None
     for _ in range(args.repeats):
         fast, elapsed = timed(pipeline, device)
@@ -150,7 +155,15 @@ def race(pipeline, straightforward, args, device, report):
         if not args.no_baseline:
             slow, elapsed = timed(straightforward, device)
             seconds["straightforward"].append(elapsed)
+        if onnxruntime is not None:
+            other, elapsed = timed(onnxruntime, device)
+            seconds["onnxruntime"].append(elapsed)
     report["repeats"] = args.repeats
+    if onnxruntime is not None:
+        report["onnxruntime_fps"] = args.frames / min(seconds["onnxruntime"])
+        report["onnxruntime_fps_median"] = args.frames / float(np.median(seconds["onnxruntime"]))
+        report["onnxruntime_vs_torch"] = report["onnxruntime_fps"] / (args.frames / min(seconds["pipeline"]))
+        report["onnxruntime_max_abs_difference"] = float(np.abs(other - (fast if slow is None else slow)).max())
     fastest, median = min(seconds["pipeline"]), float(np.median(seconds["pipeline"]))
     if median > BUSY_MACHINE_SPREAD * fastest:
         log.warning(f"the median run took {median / fastest:.1f}x as long as the fastest: something else is "
@@ -260,9 +273,10 @@ def bench_pipeline(args, config, device):
     if not args.no_baseline:
         straightforward_animation(kp_detector, generator, source, driving[:1], device)  # warm-up
 
+    onnx = onnx_animation(args, config, kp_detector, generator, device, source, driving, batch_size, report)
     race(lambda: pipeline_animation(animator, driving, batch_size),
          lambda: straightforward_animation(kp_detector, generator, source, driving, device),
-         args, device, report)
+         args, device, report, onnx)
     # FLOPs are counted on the same rewrites without oneDNN prepacking, whose fused ops the counter cannot see.
     counted = Animator(optimize_for_inference(kp_detector), optimize_for_inference(generator), source,
                        precision=args.precision)
@@ -278,6 +292,35 @@ def bench_pipeline(args, config, device):
     if device.type == "cuda":
         report["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return report
+
+
+def onnx_networks(config, kp_detector, generator, device, folder, size=None):
+    """The onnxruntime backend on copies of the (random) networks, exported into `folder` for frames of
+    `size` (height, width; default the config's: the graphs' frame size is fixed)."""
+    from fom_cli.onnx_backend import OnnxNetworks
+    from fom_cli.onnx_graphs import make_portable, write_graphs
+
+    if size is not None and tuple(size) != frame_size(config):
+        config = dict(config, dataset_params=dict(config.get("dataset_params") or {}, frame_shape=[*size, 3]))
+    family = FAMILIES[config_family(config)]
+    networks = Networks(config, copy.deepcopy(kp_detector).cpu(), copy.deepcopy(generator).cpu(), family)
+    write_graphs(make_portable(networks), folder)
+    return OnnxNetworks(folder, device)
+
+
+def onnx_animation(args, config, kp_detector, generator, device, source, driving, batch_size, report):
+    """With --backend onnxruntime: the function race() times for the onnxruntime backend (warmed up), else
+    None."""
+    if args.backend != "onnxruntime":
+        return None
+    folder = tempfile.TemporaryDirectory(prefix="fom-bench-onnx-")   # removed when the process ends
+    networks = onnx_networks(config, kp_detector, generator, device, folder.name, source.shape[:2])
+    animator = networks.animator(source)
+    animator.graphs_folder = folder
+    pipeline_animation(animator, driving[:batch_size], batch_size)  # warm-up
+    report["onnxruntime"] = {"version": __import__("onnxruntime").__version__,
+                             "providers": networks.sessions["frame"].get_providers()}
+    return lambda: pipeline_animation(animator, driving, batch_size)
 
 
 # --- TPSMM ------------------------------------------------------------------------------------------------
@@ -349,9 +392,10 @@ def bench_tpsmm_pipeline(args, config, device):
     if not args.no_baseline:
         straightforward_tps_animation(kp_detector, model, source, driving[:1], device)  # warm-up
 
+    onnx = onnx_animation(args, config, kp_detector, model, device, source, driving, batch_size, report)
     race(lambda: pipeline_animation(animator, driving, batch_size),
          lambda: straightforward_tps_animation(kp_detector, model, source, driving, device),
-         args, device, report)
+         args, device, report, onnx)
     # FLOPs are counted on the same rewrites without oneDNN prepacking, whose fused ops the counter cannot see.
     counted_kp, counted_model = copy.deepcopy(kp_detector), copy.deepcopy(model)
     optimize_tps_networks(counted_kp, counted_model)
@@ -372,7 +416,13 @@ def bench_video(args, config, device):
     """The whole `fom animate` path on a real driving video, with random weights (FOMM or TPSMM, as the
     config says), optimised and compiled as load_model does."""
     prepack = device.type == "cpu" and args.precision == "fp32" and not args.compile   # as load_model does
-    if config_family(config) == "tpsmm":
+    graphs = tempfile.TemporaryDirectory(prefix="fom-bench-onnx-")
+    family = FAMILIES[config_family(config)]
+    if args.backend == "onnxruntime":
+        random = random_tps_networks if family.name == "tpsmm" else random_networks
+        networks = onnx_networks(config, *random(config, args.seed), device, graphs.name)
+        args.precision = "fp32"
+    elif family.name == "tpsmm":
         from fom_cli.animation_tpsmm import compile_tps_networks, optimize_tps_networks
 
         kp_detector, generator = random_tps_networks(config, args.seed)
@@ -386,6 +436,8 @@ def bench_video(args, config, device):
         generator = optimize_for_inference(generator.to(device), inplace=True, prepack=prepack)
         if args.compile:
             compile_networks(kp_detector, generator)
+    if args.backend != "onnxruntime":
+        networks = Networks(config, kp_detector, generator, family)
     size = frame_size(config)
     source = synthetic_frames(1, size, args.seed)[0]
     if args.paste_back and not args.source:
@@ -396,15 +448,15 @@ def bench_video(args, config, device):
             write_image(source_path, source)
         options = AnimationOptions(batch_size=args.batch_size, face=args.paste_back)
         output = Path(folder) / "out.mp4"
-        family = FAMILIES[config_family(config)]
-        networks = Networks(config, kp_detector, generator, family)
         start = time.perf_counter()
         animation = animate_file(networks, args.precision, source_path, Path(args.video), output, options,
                                  progress=not args.quiet)
         seconds = time.perf_counter() - start
         frames = probe(output).num_frames
         size = probe(output).size
-    report = {"config": config["_name"], "device": str(device), "video": args.video, "frames": frames,
+    graphs.cleanup()
+    report = {"config": config["_name"], "device": str(device), "video": args.video, "backend": args.backend,
+              "frames": frames,
               "seconds": seconds, "fps": frames / seconds, "peak_rss_mib": peak_rss_mib()}
     if args.paste_back:
         # The face work per frame against the networks' per frame: following and cutting the driving face
@@ -421,6 +473,12 @@ def bench_video(args, config, device):
 def run(args):
     device = pick_device(args.device)
     config = load_config(args.config)
+    if args.backend == "onnxruntime":
+        from fom_cli.onnx_backend import execution_providers
+
+        execution_providers(device)   # a missing extra or provider stops here, in one line
+        if args.compile:
+            raise FomError("--compile is torch's: leave it out with --backend onnxruntime")
     args.precision, precision_reason = choose_precision(args.precision, device)
     if device.type == "cpu" and not args.quiet:
         note_cpu_speed(args.precision, args.compile)   # as `fom animate` says it

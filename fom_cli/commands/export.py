@@ -1,4 +1,4 @@
-"""Slim a training checkpoint down to what animation needs: `fom export`.
+"""Slim a training checkpoint down to what animation needs, or write it as ONNX graphs: `fom export`.
 
   fom export runs/toon-128/checkpoint.pth.tar -o checkpoints/toon-128.pth
 
@@ -19,6 +19,11 @@ weight averaging, Izmailov et al. 2018):
 At a constant learning rate the weights wander around a low region of the loss surface, each step
 pushed by the noise of its batch; their average sits nearer that region's middle and is usually better
 than any single checkpoint, without the slow steps a smaller learning rate would take.
+
+With --onnx DIR it writes the graphs fom's pipeline runs instead (onnx_graphs.py):
+
+  fom export vox --onnx vox-onnx/
+  fom animate face.png talk.mp4 -o out.mp4 --checkpoint vox-onnx/    # runs them with onnxruntime
 """
 
 import sys
@@ -26,7 +31,7 @@ from pathlib import Path
 
 from fom_cli.checkpoint import infer_config, load_state, read_checkpoint, save_checkpoint, slim_checkpoint
 from fom_cli.config import config_family, config_name, load_config
-from fom_cli.errors import BadOutput
+from fom_cli.errors import BadInput, BadOutput
 from fom_cli.media.files import same_path
 from fom_cli.models import build_generator, build_keypoint_detector
 from fom_cli.options import add_config, add_quiet
@@ -37,12 +42,23 @@ def configure_parser(parser):
     parser.add_argument("checkpoints", nargs="+", metavar="checkpoint",
                         help="a checkpoint from `fom train`, an original FOMM one, or a released model's name (vox, "
                              "...); several of one run: their weights are averaged")
-    parser.add_argument("-o", "--output", required=True, metavar="PATH", help="the slim checkpoint to write")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("-o", "--output", metavar="PATH", help="the slim checkpoint to write")
+    what.add_argument("--onnx", metavar="DIR",
+                      help="write ONNX graphs to this new folder instead: keypoints.onnx, source.onnx, frame.onnx "
+                           "(and avd.onnx) and model.json, for onnxruntime (--backend onnxruntime), TensorRT, "
+                           "OpenVINO, ... (needs pip install 'fom[onnx]'; README: ONNX)")
     add_config(parser)
+    parser.add_argument("--align-corners", choices=("true", "false"), default=None,
+                        help="with --onnx: the grid_sample convention built into the graphs (default: the config's)")
     add_quiet(parser, "no summary line")
 
 
 def run(args):
+    if args.onnx:
+        return run_onnx(args)
+    if args.align_corners is not None:
+        raise BadInput("--align-corners goes with --onnx: a slim checkpoint keeps no convention (fom animate takes it)")
     output = Path(args.output)
     if output.is_dir():
         raise BadOutput(f"{output} is a directory; give the file name to write")
@@ -76,6 +92,31 @@ def run(args):
         averaged = f", the average of {len(names)} checkpoints" if len(names) > 1 else ""
         kept = "generator and keypoint detector" if "generator" in networks else ", ".join(networks)
         print(f"wrote {output} ({size:.1f} MiB: {kept}{averaged}, config {config_name(config)})", file=sys.stderr)
+    return 0
+
+
+def run_onnx(args):
+    """fom export CHECKPOINT --onnx DIR (onnx_graphs.export_onnx)."""
+    from fom_cli.onnx_graphs import check_export_folder, export_onnx, require_onnx
+
+    require_onnx()
+    if len(args.checkpoints) > 1:
+        raise BadInput("--onnx exports one checkpoint: average several first (fom export A B ... -o average.pth), "
+                       "then export that")
+    output = Path(args.onnx)
+    check_export_folder(output)
+    if not output.parent.is_dir():
+        raise BadOutput(f"cannot write {output}: the directory {output.parent} does not exist")
+    checkpoint = resolve_checkpoint(args.checkpoints[0], args.quiet)
+    if same_path(output, checkpoint):
+        raise BadOutput(f"the output {output} is the checkpoint {checkpoint}; choose another folder")
+    align_corners = None if args.align_corners is None else args.align_corners == "true"
+    description = export_onnx(checkpoint, output, load_config(args.config) if args.config else None, align_corners)
+    if not args.quiet:
+        size = sum(path.stat().st_size for path in output.iterdir()) / 2 ** 20
+        print(f"wrote {output} ({size:.1f} MiB: {', '.join(graph['file'] for graph in description['graphs'].values())}"
+              f" and model.json; {description['family'].upper()}, config {description['config_name']}, "
+              f"align_corners {str(description['align_corners']).lower()})", file=sys.stderr)
     return 0
 
 

@@ -30,8 +30,8 @@ from fom_cli.errors import BadInput, FomError
 from fom_cli.media.images import read_image, to_uint8
 from fom_cli.media.live_in import LiveFrames
 from fom_cli.media.video_out import VideoWriter, check_video_output
-from fom_cli.options import (ANIMATION_MODES, FITS, add_checkpoint, add_config, add_device, add_face_options,
-                             add_precision, add_quiet)
+from fom_cli.options import (ANIMATION_MODES, FITS, add_backend, add_checkpoint, add_config, add_device,
+                             add_face_options, add_precision, add_quiet)
 
 log = logging.getLogger("fom_cli")
 # Latencies kept for the percentiles: the last minutes of a session, bounded memory.
@@ -60,6 +60,7 @@ def configure_parser(parser):
     parser.add_argument("--fit", choices=FITS, default="crop", help="as fom animate's (default crop)")
     add_device(parser)
     add_precision(parser)
+    add_backend(parser)
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (GPUs)")
     add_quiet(parser, "no status line or notes")
     add_face_options(parser)

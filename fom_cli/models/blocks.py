@@ -33,6 +33,16 @@ def full_precision(tensor):
     return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
+def inverse_2x2(matrices):
+    """The inverses of (..., 2, 2) matrices: torch.inverse, or its closed form while exporting to ONNX, which
+    has no matrix inverse (the same function; the two round differently, by about 1e-7 relative)."""
+    if not torch.onnx.is_in_onnx_export():
+        return torch.inverse(matrices)
+    a, b, c, d = matrices[..., 0, 0], matrices[..., 0, 1], matrices[..., 1, 0], matrices[..., 1, 1]
+    adjugate = torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
+    return adjugate / (a * d - b * c)[..., None, None]
+
+
 def output_head(layer, features):
     """A network's output layer in float32, also under autocast: keypoint heatmaps and jacobians, the
     softmax masks that blend the candidate motions, occlusion maps, the frame's colours. These few

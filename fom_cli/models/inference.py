@@ -128,8 +128,9 @@ class SubpixelConv(nn.Module):
     likewise. One 2x2 convolution over the zero-padded input produces all four phases as channel groups.
     """
 
-    def __init__(self, conv, relu=False):
+    def __init__(self, conv, relu=False, shuffle=False):
         super().__init__()
+        self.shuffle = shuffle
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1):
             raise ValueError("sub-pixel rewrite needs a 3x3 convolution with padding 1")
         w = conv.weight.detach()  # (out, in, 3, 3)
@@ -150,6 +151,12 @@ class SubpixelConv(nn.Module):
         # All four phases in one convolution; padding 1 gives an (h + 1) x (w + 1) map in which phase
         # (a, b) starts at row a, column b.
         phases = self.conv(x)
+        if self.shuffle:
+            # For graph engines (ONNX): the phases cropped, then interleaved by one pixel shuffle (DepthToSpace),
+            # where the strided writes below would become a slow scatter.
+            crops = [phases[:, phase * c:(phase + 1) * c, a:a + h, b:b + w]
+                     for phase, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
+            return F.pixel_shuffle(torch.stack(crops, dim=2).reshape(n, 4 * c, h, w), 2)
         out = torch.empty((n, c, 2 * h, 2 * w), dtype=phases.dtype, device=phases.device,
                           memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
                           else torch.contiguous_format)
@@ -164,20 +171,21 @@ class SubpixelUpBlock(SubpixelConv):
     """UpBlock2d (nearest x2 upsampling, 3x3 conv, BN, ReLU) with the BatchNorm folded, computed at the
     input's resolution (SubpixelConv)."""
 
-    def __init__(self, block):
-        super().__init__(folded_conv(block.conv, block.norm), relu=True)
+    def __init__(self, block, shuffle=False):
+        super().__init__(folded_conv(block.conv, block.norm), relu=True, shuffle=shuffle)
 
 
-def _rewrite(module, memory_format, split_rows):
+def _rewrite(module, memory_format, split_rows, shuffle=False):
     """Replace every foldable block below `module`, in place, converting weights to `memory_format` one
-    block at a time (converting the whole network at the end would hold two copies of it at once)."""
+    block at a time (converting the whole network at the end would hold two copies of it at once).
+    shuffle: sub-pixel convolutions interleave by a pixel shuffle (for graph engines)."""
     for name, child in module.named_children():
         if isinstance(child, DownBlock2d):
             replacement = ConvReLU(folded_conv(child.conv, child.norm), pool=True)
         elif isinstance(child, SameBlock2d):
             replacement = ConvReLU(folded_conv(child.conv, child.norm))
         elif isinstance(child, UpBlock2d):
-            replacement = SubpixelUpBlock(child)
+            replacement = SubpixelUpBlock(child, shuffle)
         elif isinstance(child, ResBlock2d):
             replacement = FoldedResBlock(child)
         elif isinstance(child, AntiAliasInterpolation2d):
@@ -186,20 +194,23 @@ def _rewrite(module, memory_format, split_rows):
             few_outputs = child.out_channels <= ROWS_CONV_MAX_CHANNELS and child.kernel_size[0] > 1
             replacement = RowsConv(child) if few_outputs and split_rows else Conv.like(child)
         else:
-            _rewrite(child, memory_format, split_rows)
+            _rewrite(child, memory_format, split_rows, shuffle)
             continue
         setattr(module, name, replacement.to(memory_format=memory_format))
 
 
-def optimize_for_inference(network, channels_last=True, inplace=False, prepack=False):
+def optimize_for_inference(network, channels_last=True, inplace=False, prepack=False, portable=False):
     """`network` in eval mode with the exact rewrites above applied: a copy, or the network itself when
     `inplace` (saves holding two copies of the weights while loading). `prepack`: also reorder the
     convolution weights for oneDNN (for CPU float32 inference; ignored where oneDNN is missing or with
-    FOM_NO_PRIVATE_OPS=1)."""
+    FOM_NO_PRIVATE_OPS=1). `portable`: the rewrites for a graph engine (ONNX): row convolutions (plain
+    convolutions, which onnxruntime's CPU kernels gain from as torch's do), no private ops, sub-pixel
+    convolutions interleaved by a pixel shuffle."""
     network = (network if inplace else copy.deepcopy(network)).eval()
     on_cpu = all(parameter.device.type == "cpu" for parameter in network.parameters())
     with torch.no_grad():
-        _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format, split_rows=on_cpu)
+        _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format,
+                 split_rows=on_cpu or portable, shuffle=portable)
         if prepack and on_cpu and cpu_prepack_available() and private_ops_allowed():
             if amx_int8_available():
                 for module in network.modules():

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, full_precision, grid_sample, keypoint_heatmaps,
-                                   make_coordinate_grid, output_head)
+from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, full_precision, grid_sample, inverse_2x2,
+                                   keypoint_heatmaps, make_coordinate_grid, output_head)
 
 
 class DenseMotionNetwork(nn.Module):
@@ -52,7 +52,7 @@ class DenseMotionNetwork(nn.Module):
             offsets = identity - value_driving.view(n, self.num_kp, 1, 1, 2)
             if "jacobian" in kp_driving:
                 jacobian = torch.matmul(full_precision(kp_source["jacobian"]),
-                                        torch.inverse(full_precision(kp_driving["jacobian"])))
+                                        inverse_2x2(full_precision(kp_driving["jacobian"])))
                 offsets = torch.matmul(jacobian.view(-1, self.num_kp, 1, 1, 2, 2), offsets.unsqueeze(-1)).squeeze(-1)
             driving_to_source = offsets + full_precision(kp_source["value"]).view(-1, self.num_kp, 1, 1, 2)
             return torch.cat([identity.expand(n, 1, height, width, 2), driving_to_source], dim=1)

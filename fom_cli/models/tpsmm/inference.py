@@ -108,44 +108,46 @@ class SubpixelInstanceNormUpBlock(nn.Module):
     """UpBlock2d with instance normalisation: the upsampling and convolution as one sub-pixel convolution,
     then the normalisation and ReLU at the output's resolution, as before."""
 
-    def __init__(self, block):
+    def __init__(self, block, shuffle=False):
         super().__init__()
-        self.conv = SubpixelConv(block.conv)
+        self.conv = SubpixelConv(block.conv, shuffle=shuffle)
         self.norm = block.norm
 
     def forward(self, x):
         return F.relu(self.norm(self.conv(x)))
 
 
-def _rewrite(module, memory_format, on_cpu):
+def _rewrite(module, memory_format, on_cpu, shuffle=False):
     """Replace the blocks below `module` in place, one at a time (see models/inference._rewrite)."""
     for name, child in module.named_children():
         if isinstance(child, ResBlock2d) and on_cpu and child.conv1.in_channels >= WINOGRAD_MIN_CHANNELS:
             child.conv1, child.conv2 = WinogradConv(child.conv1), WinogradConv(child.conv2)
             continue
         if isinstance(child, UpBlock2d):
-            replacement = SubpixelInstanceNormUpBlock(child)
+            replacement = SubpixelInstanceNormUpBlock(child, shuffle)
         elif isinstance(child, AntiAliasInterpolation2d):
             replacement = StridedAntiAlias(child)
         elif isinstance(child, nn.Conv2d):
             few_outputs = child.out_channels <= ROWS_CONV_MAX_CHANNELS and child.kernel_size[0] > 1
-            replacement = RowsConv(child) if few_outputs and on_cpu else Conv.like(child)
+            replacement = RowsConv(child) if few_outputs and (on_cpu or shuffle) else Conv.like(child)
         else:
-            _rewrite(child, memory_format, on_cpu)
+            _rewrite(child, memory_format, on_cpu, shuffle)
             continue
         setattr(module, name, replacement.to(memory_format=memory_format))
 
 
-def optimize_tps_for_inference(network, channels_last=None, inplace=False, prepack=False):
+def optimize_tps_for_inference(network, channels_last=None, inplace=False, prepack=False, portable=False):
     """A TpsDenseMotionNetwork or InpaintingNetwork (or a module holding them) in eval mode with the rewrites
     above: a copy, or the network itself when `inplace`. channels_last: None for the device's faster layout
-    (channels_last on GPUs, plain on the CPU). `prepack`: oneDNN weights for CPU float32."""
+    (channels_last on GPUs, plain on the CPU). `prepack`: oneDNN weights for CPU float32. `portable`: only
+    the rewrites for a graph engine (ONNX): no Winograd, row convolutions (as for FOMM), sub-pixel
+    convolutions interleaved by a pixel shuffle."""
     network = (network if inplace else copy.deepcopy(network)).eval()
-    on_cpu = all(parameter.device.type == "cpu" for parameter in network.parameters())
+    on_cpu = all(parameter.device.type == "cpu" for parameter in network.parameters()) and not portable
     if channels_last is None:
         channels_last = not on_cpu
     with torch.no_grad():
-        _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format, on_cpu)
+        _rewrite(network, torch.channels_last if channels_last else torch.contiguous_format, on_cpu, shuffle=portable)
         if prepack and on_cpu and cpu_prepack_available():
             for module in network.modules():
                 if isinstance(module, Conv) and module.weight.numel() >= PREPACK_MIN_WEIGHTS:

@@ -21,7 +21,7 @@ from torch import nn
 from fom_cli.models.blocks import (AntiAliasInterpolation2d, Hourglass, UpBlock2d, full_precision, grid_sample,
                                    keypoint_heatmaps, make_coordinate_grid, output_head)
 from fom_cli.models.tpsmm.keypoints import POINTS_PER_TPS
-from fom_cli.models.tpsmm.tps import ThinPlateSpline
+from fom_cli.models.tpsmm.tps import keypoint_splines
 
 # One occlusion mask per inpainting level (the original fixes four: three down blocks and the input).
 NUM_OCCLUSION_MASKS = 4
@@ -96,19 +96,26 @@ class TpsDenseMotionNetwork(nn.Module):
         return {"image": small_source, "kp": kp_source,
                 "heatmaps": keypoint_heatmaps(kp_source, h, w, self.kp_variance)}
 
-    def candidate_flows(self, height, width, kp_driving, kp_source, bg_param=None):
+    def fit_splines(self, kp_driving, kp_source):
+        """The thin-plate splines from driving keypoints (N, 5 * num_tps, 2) to source keypoints (batch 1 or
+        N), in float32 also under autocast (see candidate_flows)."""
+        with torch.autocast(kp_driving.device.type, enabled=False):
+            kp_driving, kp_source = full_precision(kp_driving), full_precision(kp_source)
+            return keypoint_splines(kp_driving, kp_source)
+
+    def candidate_flows(self, height, width, kp_driving, kp_source, bg_param=None, splines=None):
         """(N, num_tps + 1, h, w, 2): for the background and each thin-plate spline, where each
-        driving-frame pixel comes from in the source. kp_source: batch 1 or N.
+        driving-frame pixel comes from in the source. kp_source: batch 1 or N. splines: fit_splines's result
+        when already solved (an ONNX graph gets them as inputs: the exporters take no matrix inverse).
 
         Always float32, also under autocast: GPUs have no half-precision matrix inverse, and half-precision
         coordinates would be off by pixels."""
         with torch.autocast(kp_driving.device.type, enabled=False):
-            kp_driving, kp_source = full_precision(kp_driving), full_precision(kp_source)
+            kp_driving = full_precision(kp_driving)
             n = kp_driving.shape[0]
             grid = make_coordinate_grid(height, width, kp_driving.device, kp_driving.dtype)
-            kp_source = kp_source.expand(n, -1, -1)
-            splines = ThinPlateSpline.fit(kp_driving.view(n, self.num_tps, POINTS_PER_TPS, 2),
-                                          kp_source.reshape(n, self.num_tps, POINTS_PER_TPS, 2))
+            if splines is None:
+                splines = self.fit_splines(kp_driving, kp_source)
             spline_flows = splines.warp(grid.view(-1, 2)).view(n, self.num_tps, height, width, 2)
             if bg_param is None:
                 background = grid.expand(n, 1, height, width, 2)
@@ -137,8 +144,9 @@ class TpsDenseMotionNetwork(nn.Module):
             features.append(out)
         return [torch.sigmoid(output_head(conv, feature)) for conv, feature in zip(self.occlusion, features)]
 
-    def motion(self, source, kp_driving, bg_param=None, dropout_p=0.0):
-        """source: prepare_source's dict (batch 1 or N); kp_driving (N, 5 * num_tps, 2).
+    def motion(self, source, kp_driving, bg_param=None, dropout_p=0.0, splines=None):
+        """source: prepare_source's dict (batch 1 or N); kp_driving (N, 5 * num_tps, 2); splines: solved
+        already (candidate_flows).
 
         bg_param: (N, 3, 3) background motion from BgMotionPredictor (training), None for the identity.
         dropout_p: training's TPS dropout probability; 0 for a plain softmax.
@@ -151,7 +159,7 @@ class TpsDenseMotionNetwork(nn.Module):
         # Driving minus source Gaussian heatmaps, with an empty map for the background first.
         heatmaps = keypoint_heatmaps(kp_driving, h, w, self.kp_variance) - source["heatmaps"]
         heatmaps = torch.cat([heatmaps.new_zeros(n, 1, h, w), heatmaps], dim=1)
-        flows = self.candidate_flows(h, w, kp_driving, source["kp"], bg_param)
+        flows = self.candidate_flows(h, w, kp_driving, source.get("kp"), bg_param, splines)
         deformed_source = self.warp_by_each_flow(source["image"], flows)
 
         levels = self.hourglass.levels(torch.cat([heatmaps, deformed_source.view(n, -1, h, w)], dim=1))

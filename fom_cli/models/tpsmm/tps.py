@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import torch
 
+from fom_cli.models.tpsmm.keypoints import POINTS_PER_TPS
+
 # Added to r^2 inside the logarithm: U(0) is 0 * log(1e-9) = 0 instead of 0 * -inf.
 LOG_EPSILON = 1e-9
 # Added to the system's diagonal (the original's choice): a smoothing spline, solvable even when
@@ -59,3 +61,11 @@ class ThinPlateSpline(NamedTuple):
         squared_distances = ((coordinates.view(1, 1, 1, -1, 2) - self.control_points.unsqueeze(3)) ** 2).sum(-1)
         radial_part = torch.matmul(radial_basis(squared_distances).transpose(2, 3), self.weights)  # (N, G, M, 2)
         return affine_part.transpose(2, 3) + radial_part
+
+
+def keypoint_splines(kp_driving, kp_source):
+    """The splines from driving keypoints (N, 5 * G, 2) to the matching source keypoints (batch 1 or N): one
+    spline per group of 5 keypoints, as TPSMM pairs them."""
+    n, count, _ = kp_driving.shape
+    shape = (n, count // POINTS_PER_TPS, POINTS_PER_TPS, 2)
+    return ThinPlateSpline.fit(kp_driving.view(shape), kp_source.expand(n, -1, -1).reshape(shape))
