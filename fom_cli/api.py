@@ -108,14 +108,18 @@ def load_model(checkpoint=None, device="auto", precision="auto", config=None, al
     path = checkpoint_or_bundled(str(checkpoint) if checkpoint is not None else None, quiet=not progress)
     if backend is None:
         backend = "onnxruntime" if is_export_folder(path) else "torch"
+    # The name the outputs' marks give the model: a released model's name, or None for its file's.
+    name = None if checkpoint is None or Path(str(checkpoint)).exists() else str(checkpoint)
     if backend == "onnxruntime":
         networks = load_onnx_networks(path, config, align_corners, device, precision, compile, progress)
+        networks.name = name
         return Model(networks, "fp32", path, "the onnxruntime backend runs float32 graphs")
     if is_export_folder(path):
         raise BadInput(f"{path} holds ONNX graphs: run them with --backend onnxruntime")
     precision, precision_reason = choose_precision(precision, device)
     networks = load_networks(path, load_config(config) if config else None, align_corners, device,
                              precision=precision, compile=compile)
+    networks.name = name
     if checkpoint is None:
         networks.note = (f"no --checkpoint: using the bundled {Path(BUNDLED_MODEL).stem} model, trained on cartoon "
                          "faces (for real faces: --checkpoint vox)")

@@ -36,6 +36,7 @@ from fom_cli.families import check_animation_mode
 from fom_cli.media.files import check_parent_writable, same_path
 from fom_cli.media.images import (IMAGE_EXTENSIONS, aspect_ratio_differs, check_image_array, fit_frame, read_image,
                                   to_uint8)
+from fom_cli.media.marks import SyntheticMedia, VisibleMark
 from fom_cli.media.video_in import VIDEO_EXTENSIONS, VideoReader, prefetch
 from fom_cli.media.video_out import VideoWriter, check_video_output, is_frames_folder
 from fom_cli.options import ANIMATION_MODES, DETECTORS, FITS, MAX_FPS, MIN_FPS
@@ -72,6 +73,8 @@ class AnimationOptions:
     max_size        with paste_back: the photo's longer side at most this (never enlarged)
     increase        margin around a face box, as a fraction of its size
     detector        dlib, sfd or auto; detector_weights: S3FD's file
+    mark            say in the output file's metadata that it is synthetic (media/marks.py)
+    visible_mark    a label for a corner of every frame (None: none)
     """
 
     mode: str = "relative"
@@ -95,6 +98,8 @@ class AnimationOptions:
     increase: float = 0.1
     detector: str = "dlib"
     detector_weights: Optional[str] = None
+    mark: bool = True
+    visible_mark: Optional[str] = None
 
     def __post_init__(self):
         # The preset and what options imply: a face pasted back needs a window in the photo, and so a face
@@ -129,6 +134,8 @@ class AnimationOptions:
         if self.all_faces and not self.paste_back:
             raise BadInput("--all-faces animates every face in the photo, which only shows pasted back into it: "
                            "add --paste-back (or use --face)")
+        if self.visible_mark is not None and not str(self.visible_mark).strip():
+            raise BadInput("--visible-mark needs some text (or none after it, for the default label)")
         if self.find_best_frame and self.crop_driving:
             raise BadInput("--find-best-frame does not work with --crop-driving (or --face) yet; pick the frame "
                            "yourself with --best-frame N")
@@ -433,7 +440,8 @@ class Animation:
             frames = prefetch(frames)
         total = None if self.stop is None else math.ceil((self.stop - self.first) * ratio)
         with progress_bar(total=total, unit="frame", desc=self.output_name, disable=not self.progress) as bar:
-            for batch in batched(frames, self.batch_size):
+            visible_mark = None
+        for batch in batched(frames, self.batch_size):
                 driving = np.stack([frame for frame, _ in batch])
                 self.last_driving = driving[-1]  # the model-size square (live's side-by-side and new pose)
                 with networks:
@@ -443,6 +451,9 @@ class Animation:
                 for i, (_, repeats) in enumerate(batch):
                     with compositing:
                         frame = output_frame(faces, predictions, i, driving[i], self.photo, options.side_by_side)
+                        if options.visible_mark is not None:
+                            visible_mark = visible_mark or self._visible_mark(frame.shape[:2])
+                            frame = visible_mark.apply(frame)
                     for _ in range(repeats):
                         self.frames_written += 1
                         yield frame
@@ -452,6 +463,20 @@ class Animation:
         shortfall = self.driving.shortfall()
         if shortfall:  # a warning, shown even with --quiet: the output is shorter than the user will expect
             log.warning(f"{shortfall}; {self.output_name} has {self.frames_written} frames")
+
+
+    def _visible_mark(self, size):
+        """The label of --visible-mark for frames of `size`, away from the faces pasted back."""
+        avoid = [face.window.box for face in self.faces if face.window is not None] if self.photo is not None else []
+        return VisibleMark(self.options.visible_mark, size, avoid)
+
+
+def synthetic_media(networks, source):
+    """What an output of `networks` animating `source` (a path, or an image in memory) says about itself."""
+    from fom_cli import __version__
+
+    source_name = Path(source).name if isinstance(source, (str, os.PathLike)) else None
+    return SyntheticMedia(tool=f"fom {__version__}", model=networks.identity(), source_image=source_name)
 
 
 def animate_file(networks, precision, source, driving, output, options, progress=False):
@@ -467,8 +492,9 @@ def animate_file(networks, precision, source, driving, output, options, progress
         log.info(f"PNG frames carry no sound: the sound of {driving.path} is not written (write a video file to "
                  f"keep it; --no-audio silences this note)")
     # The sound is cut where the frames are: from the first one's time, as long as the output.
+    mark = synthetic_media(networks, source) if options.mark else None
     with VideoWriter(output, animation.fps, audio_from=audio, audio_start=animation.first / driving.fps,
-                     overwrite=options.overwrite) as writer:
+                     overwrite=options.overwrite, mark=mark) as writer:
         for frame in animation:
             writer.write(frame)
     return animation

@@ -9,7 +9,9 @@ keypoints(frames), animate(frames, kp_driving=None) -> predictions, and last_key
 above this module (the engine, reconstruction, evaluation, bench) animates either without asking which.
 """
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -47,6 +49,8 @@ class Networks:
     generator: torch.nn.Module
     family: Family
     note: str = None
+    checkpoint: object = None   # the file they were loaded from (None: made in memory)
+    name: str = None            # what the user called them (a released model's name), for the outputs' marks
 
     @property
     def device(self):
@@ -56,10 +60,30 @@ class Networks:
     def has_avd_network(self):
         return getattr(self.generator, "avd_network", None) is not None
 
+    def identity(self):
+        """The model, as the outputs' marks name it: its name and its checkpoint's sha256 (computed once)."""
+        if not hasattr(self, "_identity"):
+            self._identity = model_identity(self.name or (Path(self.checkpoint).name if self.checkpoint else None),
+                                            self.checkpoint, self.config)
+        return self._identity
+
     def animator(self, source, mode="relative", adapt_scale=True, precision="fp32"):
         """The family's animator for one source image (float [0, 1] or uint8, H x W x 3, the model's size)."""
         return self.family.animator(self.kp_detector, self.generator, source, mode=mode, adapt_scale=adapt_scale,
                                     precision=precision)
+
+
+def model_identity(name, checkpoint, config, digest=None):
+    """"NAME (sha256 HEX)": a checkpoint named by the user's name for it, else by its file name, else by its
+    config; the digest of the file (or the one given)."""
+    if digest is None and checkpoint is not None and Path(checkpoint).is_file():
+        digest = hashlib.sha256()
+        with open(checkpoint, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        digest = digest.hexdigest()
+    label = name or f"config {config_name(config)}"
+    return f"{label} (sha256 {digest})" if digest else label
 
 
 def load_networks(checkpoint_path, config=None, align_corners=None, device="cpu", optimize=True, precision="fp32",
@@ -86,7 +110,7 @@ def load_networks(checkpoint_path, config=None, align_corners=None, device="cpu"
     del checkpoint  # memory-mapped: releasing it unmaps the file
     if compile:
         family.compile(kp_detector, generator)
-    return Networks(config, kp_detector, generator, family, note)
+    return Networks(config, kp_detector, generator, family, note, checkpoint=checkpoint_path)
 
 
 def check_animation_mode(networks, mode, checkpoint="the checkpoint"):

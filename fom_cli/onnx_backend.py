@@ -10,8 +10,11 @@ onnxruntime is an optional extra (`pip install 'fom[onnx]'`); the graphs are flo
 GridSample takes nothing else), on the CPU or, with onnxruntime-gpu, on CUDA.
 """
 
+import collections
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +50,7 @@ def execution_providers(device):
 class OnnxNetworks:
     """A folder of exported graphs, loaded into onnxruntime sessions on `device`."""
 
-    def __init__(self, folder, device=torch.device("cpu")):
+    def __init__(self, folder, device=torch.device("cpu"), profile=False):
         from fom_cli.families import FAMILIES
 
         onnxruntime = import_onnxruntime()
@@ -66,17 +69,49 @@ class OnnxNetworks:
         self.config = dict(self.description["config"], _name=self.description["config_name"])
         self.note = None
         providers = execution_providers(self.device)
+        options = onnxruntime.SessionOptions()
+        if profile:   # for node_placement
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"fom-onnx-profile-{os.getpid()}")
         self.sessions = {}
         for name, graph in self.description["graphs"].items():
             try:
-                self.sessions[name] = onnxruntime.InferenceSession(str(folder / graph["file"]), providers=providers)
+                self.sessions[name] = onnxruntime.InferenceSession(str(folder / graph["file"]), options,
+                                                                   providers=providers)
             except Exception as error:  # onnxruntime's own exception types
                 raise BadCheckpoint(f"{folder / graph['file']}: onnxruntime cannot load it ({str(error).splitlines()[0]})"
                                     ) from None
 
+    def node_placement(self):
+        """{graph: {execution provider: how many of its nodes ran there}} over the runs so far, read from the
+        sessions' profiles (made with profile=True; profiling ends here). A GPU provider can hand nodes it
+        lacks a kernel for to the CPU, each a copy there and back: this says whether any were."""
+        placement = {}
+        for name, session in self.sessions.items():
+            path = session.end_profiling()
+            with open(path) as file:
+                events = json.load(file)
+            os.remove(path)
+            nodes = collections.defaultdict(set)
+            for event in events:
+                provider = event.get("args", {}).get("provider")
+                if event.get("cat") == "Node" and provider:
+                    nodes[provider].add(event["name"].removesuffix("_kernel_time"))
+            placement[name] = {provider: len(names) for provider, names in nodes.items()}
+        return placement
+
     @property
     def has_avd_network(self):
         return "avd" in self.sessions
+
+    name = None   # what the user called the model (set by api.load_model), for the outputs' marks
+
+    def identity(self):
+        """The model, as the outputs' marks name it (families.model_identity): the exported checkpoint."""
+        from fom_cli.families import model_identity
+
+        checkpoint = self.description.get("checkpoint") or {}
+        return model_identity(self.name or checkpoint.get("file"), None, self.config, checkpoint.get("sha256"))
 
     @property
     def align_corners(self):

@@ -100,6 +100,16 @@ def add_precision(parser, help_text="network precision (default auto: bf16 on a 
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=help_text)
 
 
+def add_mark_options(parser):
+    """--no-mark and --visible-mark: what the outputs say about themselves (media/marks.py)."""
+    parser.add_argument("--no-mark", action="store_true",
+                        help="leave out the metadata that says the output is synthetic (IPTC digital source type "
+                             "trainedAlgorithmicMedia, the tool, the model, the source's name): written by default")
+    parser.add_argument("--visible-mark", nargs="?", const="AI-generated", default=None, metavar="TEXT",
+                        help="write a small label in a corner of every frame (default text: AI-generated), away "
+                             "from the faces pasted back")
+
+
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -154,6 +164,7 @@ def add_animation_options(parser):
     media.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
     media.add_argument("--side-by-side", action="store_true",
                        help="write source | driving | result panels with keypoints drawn")
+    add_mark_options(media)
     media.add_argument("--overwrite", action="store_true",
                        help="replace the PNG frames an earlier run wrote in a frames folder (a folder holding "
                             "any other file is never touched)")

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import PARITY, SMALL_CHECKPOINT, SMALL_CONFIG, carphone_path, driving_frames, make_clip, run_cli
 from fom_cli.media.images import image_size
+from fom_cli.media.marks import DIGITAL_SOURCE_TYPE, read_label
 from fom_cli.media.video_in import probe
 
 MODEL = ["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG, "--precision", "fp32", "--device", "cpu"]
@@ -40,6 +41,7 @@ def test_a_file_paced_in_real_time_is_recorded_with_its_duration_and_statistics(
     assert time.monotonic() - started >= 1.2
     recording, driving = probe(tmp_path / "rec.mp4"), probe(clip)
     assert abs(recording.num_frames / recording.fps - driving.num_frames / driving.fps) <= 0.2
+    assert read_label(tmp_path / "rec.mp4")["digital_source_type"] == DIGITAL_SOURCE_TYPE   # marked as synthetic
     assert report["frames_captured"] == 50 and report["driving_fps"] == 25
     assert report["frames_animated"] + report["frames_dropped"] == 50
     assert 0 < report["latency_p50_ms"] <= report["latency_p95_ms"]

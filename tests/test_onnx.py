@@ -213,6 +213,10 @@ def test_bench_reports_both_backends_in_one_run(capsys):
     assert report["onnxruntime_vs_torch"] == pytest.approx(report["onnxruntime_fps"] / report["pipeline_fps"])
     assert report["onnxruntime_max_abs_difference"] <= LIMIT
     assert report["onnxruntime"]["providers"] == ["CPUExecutionProvider"]
+    placement = report["onnxruntime"]["nodes_per_provider"]
+    assert set(placement) == {"keypoints", "source", "frame"}
+    assert all(list(counts) == ["CPUExecutionProvider"] and counts["CPUExecutionProvider"] > 10
+               for counts in placement.values())
 
 
 def test_what_the_onnxruntime_backend_cannot_do_is_one_line(fomm_graphs, tmp_path, capsys, monkeypatch):

@@ -10,6 +10,7 @@ import torch
 from conftest import run_cli
 from fom_cli.checkpoint import make_checkpoint, save_checkpoint
 from fom_cli.config import bundled_dir, load_config
+from fom_cli.media.marks import read_label
 from fom_cli.models import build_discriminator, build_generator, build_keypoint_detector
 from fom_cli.training.data import FramesDataset
 
@@ -75,6 +76,8 @@ def test_metrics_match_a_direct_computation(setup, tmp_path, monkeypatch, capsys
         assert strip.shape == (64, 8 * 64, 3)
         assert np.abs(strip.astype(float) - np.concatenate(list(predictions), axis=1) * 255).max() <= 1.0
         assert (out / f"{item['name']}.mp4").stat().st_size > 0
+        for output in (out / f"{item['name']}.mp4", out / "png" / f"{item['name']}.png"):   # marked as synthetic
+            assert read_label(output)["source_image"] == item["name"]
     assert metrics["l1_mean"] == pytest.approx(np.mean(list(metrics["l1"].values())), abs=1e-12)
     assert metrics["akd"] is None and metrics["akd_note"].startswith("skipped")
     assert "L1" in stdout and "AKD skipped" in stdout

@@ -19,6 +19,10 @@ def animation_options(args, **overrides):
 
     values = {name: getattr(args, name) for name in AnimationOptions.names() if hasattr(args, name)}
     values["audio"] = not getattr(args, "no_audio", False)
+    values["mark"] = not getattr(args, "no_mark", False)
+    if not values["mark"] and not getattr(args, "unmarked_note_said", False):
+        log.warning("--no-mark: the output carries no label saying that it is synthetic media")
+        args.unmarked_note_said = True
     if values.get("max_size") is None:
         values.pop("max_size", None)
     values.update(overrides)

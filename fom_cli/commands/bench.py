@@ -294,7 +294,7 @@ def bench_pipeline(args, config, device):
     return report
 
 
-def onnx_networks(config, kp_detector, generator, device, folder, size=None):
+def onnx_networks(config, kp_detector, generator, device, folder, size=None, profile=False):
     """The onnxruntime backend on copies of the (random) networks, exported into `folder` for frames of
     `size` (height, width; default the config's: the graphs' frame size is fixed)."""
     from fom_cli.onnx_backend import OnnxNetworks
@@ -305,7 +305,7 @@ def onnx_networks(config, kp_detector, generator, device, folder, size=None):
     family = FAMILIES[config_family(config)]
     networks = Networks(config, copy.deepcopy(kp_detector).cpu(), copy.deepcopy(generator).cpu(), family)
     write_graphs(make_portable(networks), folder)
-    return OnnxNetworks(folder, device)
+    return OnnxNetworks(folder, device, profile=profile)
 
 
 def onnx_animation(args, config, kp_detector, generator, device, source, driving, batch_size, report):
@@ -314,12 +314,17 @@ def onnx_animation(args, config, kp_detector, generator, device, source, driving
     if args.backend != "onnxruntime":
         return None
     folder = tempfile.TemporaryDirectory(prefix="fom-bench-onnx-")   # removed when the process ends
-    networks = onnx_networks(config, kp_detector, generator, device, folder.name, source.shape[:2])
+    networks = onnx_networks(config, kp_detector, generator, device, folder.name, source.shape[:2], profile=True)
     animator = networks.animator(source)
     animator.graphs_folder = folder
-    pipeline_animation(animator, driving[:batch_size], batch_size)  # warm-up
+    pipeline_animation(animator, driving[:batch_size], batch_size)  # warm-up, profiled
+    placement = networks.node_placement()
     report["onnxruntime"] = {"version": __import__("onnxruntime").__version__,
-                             "providers": networks.sessions["frame"].get_providers()}
+                             "providers": networks.sessions["frame"].get_providers(), "nodes_per_provider": placement}
+    on_cpu = sum(counts.get("CPUExecutionProvider", 0) for counts in placement.values())
+    if device.type != "cpu" and on_cpu:
+        log.warning(f"onnxruntime ran {on_cpu} nodes on the CPU instead of {device} (report: onnxruntime."
+                    "nodes_per_provider); each costs a copy there and back")
     return lambda: pipeline_animation(animator, driving, batch_size)
 
 

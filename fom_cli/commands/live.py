@@ -25,13 +25,13 @@ import numpy as np
 
 from fom_cli.commands import animation_options, load_requested_model
 from fom_cli.drawing import side_by_side
-from fom_cli.engine import Animation, check_source
+from fom_cli.engine import Animation, check_source, synthetic_media
 from fom_cli.errors import BadInput, FomError
 from fom_cli.media.images import read_image, to_uint8
 from fom_cli.media.live_in import LiveFrames
 from fom_cli.media.video_out import VideoWriter, check_video_output
 from fom_cli.options import (ANIMATION_MODES, FITS, add_backend, add_checkpoint, add_config, add_device,
-                             add_face_options, add_precision, add_quiet)
+                             add_face_options, add_mark_options, add_precision, add_quiet)
 
 log = logging.getLogger("fom_cli")
 # Latencies kept for the percentiles: the last minutes of a session, bounded memory.
@@ -61,6 +61,7 @@ def configure_parser(parser):
     add_device(parser)
     add_precision(parser)
     add_backend(parser)
+    add_mark_options(parser)
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (GPUs)")
     add_quiet(parser, "no status line or notes")
     add_face_options(parser)
@@ -177,7 +178,8 @@ def run(args):
         if args.virtual_camera:
             camera = VirtualCamera(frames.fps)
         if args.output:
-            writer = VideoWriter(args.output, fps=frames.fps)
+            writer = VideoWriter(args.output, fps=frames.fps,
+                                 mark=synthetic_media(model.networks, source) if options.mark else None)
         with writer if writer is not None else contextlib.nullcontext():
             statistics = live_loop(animation, frames, window, camera, writer, args)
     finally:

@@ -40,6 +40,8 @@ def configure_parser(parser):
                         help=f"frame rate of the mp4 files (default {DEFAULT_FPS:g})")
     add_device(parser)
     add_batch_size(parser, "frames per forward pass (default: 8 on CPU, 32 on CUDA)")
+    parser.add_argument("--no-mark", action="store_true",
+                        help="leave out the metadata that says the outputs are synthetic (written by default)")
     add_quiet(parser, "no progress bar or summary")
 
 
@@ -53,7 +55,7 @@ def run(args):
         out_dir = Path("reconstruction")
     metrics = evaluate(checkpoint, args.data, out_dir, config=load_config(args.config) if args.config else None,
                        device=pick_device(args.device), batch_size=args.batch_size, max_videos=args.max_videos,
-                       fps=args.fps, quiet=args.quiet)
+                       fps=args.fps, quiet=args.quiet, mark=not args.no_mark)
     if not args.quiet:
         akd = f", AKD {metrics['akd']:.3f} px" if metrics["akd"] is not None else f" (AKD {metrics['akd_note']})"
         print(f"reconstructed {len(metrics['l1'])} videos: L1 {metrics['l1_mean']:.5f} (copying the source: "

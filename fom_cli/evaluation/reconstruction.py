@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fom_cli import __version__
 from fom_cli.animation import Animator
 from fom_cli.animation_tpsmm import TpsAnimator, TpsModel
 from fom_cli.config import frame_size
@@ -23,6 +24,7 @@ from fom_cli.families import load_networks
 from fom_cli.errors import BadOutput
 from fom_cli.media.files import write_json
 from fom_cli.media.images import to_uint8, write_image
+from fom_cli.media.marks import SyntheticMedia
 from fom_cli.media.video_in import DEFAULT_FPS
 from fom_cli.media.video_out import VideoWriter
 from fom_cli.runtime import default_batch_size
@@ -64,8 +66,9 @@ def _landmark_model(device):
 
 
 def evaluate(checkpoint, data_dir, out_dir, config=None, device="cpu", batch_size=None, max_videos=None,
-             fps=DEFAULT_FPS, quiet=True):
-    """Reconstruct every test video, write the outputs and metrics.json; returns the metrics dict."""
+             fps=DEFAULT_FPS, quiet=True, mark=True):
+    """Reconstruct every test video, write the outputs and metrics.json; returns the metrics dict. mark: the
+    outputs say in their metadata that they are synthetic (media/marks.py)."""
     from fom_cli.progress import progress_bar
 
     from fom_cli.training.data import FramesDataset
@@ -98,8 +101,12 @@ def evaluate(checkpoint, data_dir, out_dir, config=None, device="cpu", batch_siz
                 akd_per_video[name] = float(np.mean(distances))
 
         stem = Path(name).stem if Path(name).suffix else name
-        write_image(out_dir / "png" / f"{stem}.png", np.concatenate(list(to_uint8(predictions)), axis=1))
-        with VideoWriter(out_dir / f"{stem}.mp4", fps=fps) as writer:
+        synthetic = None
+        if mark:
+            synthetic = SyntheticMedia(tool=f"fom {__version__}", model=networks.identity(), source_image=name)
+        write_image(out_dir / "png" / f"{stem}.png", np.concatenate(list(to_uint8(predictions)), axis=1),
+                    mark=None if synthetic is None else synthetic.png)
+        with VideoWriter(out_dir / f"{stem}.mp4", fps=fps, mark=synthetic) as writer:
             for frame, predicted in zip(to_uint8(video), to_uint8(predictions)):
                 writer.write(np.concatenate([frame, predicted], axis=1))
 

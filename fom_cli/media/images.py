@@ -159,18 +159,22 @@ def to_uint8_rgb(pixels: np.ndarray) -> np.ndarray:
 
 
 
-def write_image(path, image):
-    """Write an image (uint8, or float in [0, 1]) atomically; the format follows the extension."""
+def write_image(path, image, mark=None):
+    """Write an image (uint8, or float in [0, 1]) atomically; the format follows the extension. mark: as for
+    write_encoded_image (PNG)."""
     path = os.fspath(path)
     extension = os.path.splitext(path)[1] or ".png"
-    write_bytes_with(path, lambda temporary: write_encoded_image(temporary, image, extension))
+    write_bytes_with(path, lambda temporary: write_encoded_image(temporary, image, extension, mark))
 
 
-def write_encoded_image(path, image, extension=".png"):
+def write_encoded_image(path, image, extension=".png", mark=None):
     """Encode an image in memory, then write the file with a plain open(): a failed write (a full disk) is
     one OSError here. Written by imageio, the failing file would be closed again when its plugin is
-    collected, and that second error would print a traceback the user has no use for."""
+    collected, and that second error would print a traceback the user has no use for. mark: a function of
+    the encoded bytes that adds metadata (marks.SyntheticMedia.png)."""
     encoded = iio.imwrite("<bytes>", to_uint8(image), extension=extension)
+    if mark is not None:
+        encoded = mark(encoded)
     with open(path, "wb") as file:
         file.write(encoded)
 

@@ -108,8 +108,9 @@ class VideoWriter:
     other files.
     """
 
-    def __init__(self, path, fps, audio_from=None, audio_start=0.0, quality=None, overwrite=False):
+    def __init__(self, path, fps, audio_from=None, audio_start=0.0, quality=None, overwrite=False, mark=None):
         self.path = os.fspath(path)
+        self.mark = mark   # a marks.SyntheticMedia: what the file says about itself
         self.frames_written = 0
         if not math.isfinite(float(fps)) or fps <= 0:
             raise FomError(f"the frame rate must be a positive number, not {fps}")
@@ -218,7 +219,8 @@ class VideoWriter:
     def _encode_png_frames(self):
         index = 0
         while (frame := self._next_frame()) is not _FINISH:
-            write_encoded_image(os.path.join(self._output.temporary, f"{index:06d}.png"), frame)
+            write_encoded_image(os.path.join(self._output.temporary, f"{index:06d}.png"), frame,
+                                mark=None if self.mark is None else self.mark.png)
             index += 1
 
     def _encode_with_ffmpeg(self):
@@ -229,7 +231,7 @@ class VideoWriter:
             height, width = height + height % 2, width + width % 2
         ffmpeg = FfmpegFeed(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
                              "-r", str(self._exact_fps()), "-i", "-", "-an",
-                             "-c:v", codec, "-pix_fmt", pixel_format, *options,
+                             "-c:v", codec, "-pix_fmt", pixel_format, *options, *self._metadata_arguments(),
                              "-v", "error",  # quiet on success, still says why on failure
                              "-f", FFMPEG_MUXER_FOR_EXTENSION[self._extension], self._output.temporary])
         try:
@@ -247,6 +249,18 @@ class VideoWriter:
         result = ffmpeg.finish()
         if result.returncode != 0:
             raise self._ffmpeg_error(result, "encode")
+        if self._extension == ".gif" and self.mark is not None:
+            # ffmpeg's GIF muxer writes no comments: the mark goes in after the fact.
+            with open(self._output.temporary, "rb") as file:
+                marked = self.mark.gif(file.read())
+            with open(self._output.temporary, "wb") as file:
+                file.write(marked)
+
+    def _metadata_arguments(self):
+        """ffmpeg's options for the mark as container tags (not for GIF, which takes none)."""
+        if self.mark is None or self._extension == ".gif":
+            return []
+        return self.mark.ffmpeg_arguments()
 
     def _ffmpeg_error(self, result, step) -> BadOutput:
         """The one-line error for a failed ffmpeg run: the OS's reason for a failed write, else ffmpeg's."""
@@ -264,7 +278,8 @@ class VideoWriter:
                         "setparams=range=tv:colorspace=bt709:color_primaries=bt709:color_trc=bt709"]
         if self._extension in (".mp4", ".mov", ".mkv"):
             # faststart puts the index first, so a browser can start playing before the download ends.
-            faststart = ["-movflags", "+faststart"] if self._extension in (".mp4", ".mov") else []
+            # use_metadata_tags keeps tags of any name (the mark's) in MP4 and MOV.
+            faststart = ["-movflags", "+faststart+use_metadata_tags"] if self._extension in (".mp4", ".mov") else []
             # imageio's scale for quality: 10 is crf 0 (lossless), 1 is crf 45; None keeps x264's 23.
             crf = [] if self.quality is None else ["-crf", str(int((1 - self.quality / 10) * 51))]
             return "libx264", "yuv420p", crf + bt709 + faststart
@@ -316,7 +331,8 @@ class VideoWriter:
                      "-c:v", "copy", "-c:a", AUDIO_CODEC_FOR_CONTAINER[self._extension],
                      "-t", f"{duration:.6f}"]
         if self._extension in (".mp4", ".mov"):
-            arguments += ["-movflags", "+faststart"]
+            arguments += ["-movflags", "+faststart+use_metadata_tags"]
+        arguments += self._metadata_arguments()
         arguments += ["-f", FFMPEG_MUXER_FOR_EXTENSION[self._extension], with_audio]
         try:
             result = run_ffmpeg(arguments)
