@@ -440,8 +440,8 @@ class Animation:
             frames = prefetch(frames)
         total = None if self.stop is None else math.ceil((self.stop - self.first) * ratio)
         with progress_bar(total=total, unit="frame", desc=self.output_name, disable=not self.progress) as bar:
-            visible_mark = None
-        for batch in batched(frames, self.batch_size):
+            visible_mark = None   # made with the first frame, whose size it needs
+            for batch in batched(frames, self.batch_size):
                 driving = np.stack([frame for frame, _ in batch])
                 self.last_driving = driving[-1]  # the model-size square (live's side-by-side and new pose)
                 with networks:
