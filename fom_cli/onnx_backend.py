@@ -69,12 +69,13 @@ class OnnxNetworks:
         self.config = dict(self.description["config"], _name=self.description["config_name"])
         self.note = None
         providers = execution_providers(self.device)
-        options = onnxruntime.SessionOptions()
-        if profile:   # for node_placement
-            options.enable_profiling = True
-            options.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"fom-onnx-profile-{os.getpid()}")
         self.sessions = {}
         for name, graph in self.description["graphs"].items():
+            options = onnxruntime.SessionOptions()
+            if profile:   # for node_placement; one file per graph (older releases name them by the second)
+                options.enable_profiling = True
+                options.profile_file_prefix = os.path.join(tempfile.gettempdir(),
+                                                           f"fom-onnx-profile-{os.getpid()}-{name}")
             try:
                 self.sessions[name] = onnxruntime.InferenceSession(str(folder / graph["file"]), options,
                                                                    providers=providers)
@@ -89,6 +90,10 @@ class OnnxNetworks:
         placement = {}
         for name, session in self.sessions.items():
             path = session.end_profiling()
+            # onnxruntime before 1.17 writes the profile into the working folder under the name it returns.
+            path = next((candidate for candidate in (path, os.path.basename(path)) if os.path.isfile(candidate)), None)
+            if path is None:
+                continue
             with open(path) as file:
                 events = json.load(file)
             os.remove(path)
