@@ -9,7 +9,6 @@ keypoints(frames), animate(frames, kp_driving=None) -> predictions, and last_key
 above this module (the engine, reconstruction, evaluation, bench) animates either without asking which.
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ from fom_cli.animation_tpsmm import TPSMM_MODES, TpsAnimator, compile_tps_networ
 from fom_cli.checkpoint import checkpoint_family, infer_config, read_checkpoint
 from fom_cli.config import config_family, config_name
 from fom_cli.errors import BadCheckpoint, FomError
+from fom_cli.media.files import file_sha256
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,7 @@ def model_identity(name, checkpoint, config, digest=None):
     """"NAME (sha256 HEX)": a checkpoint named by the user's name for it, else by its file name, else by its
     config; the digest of the file (or the one given)."""
     if digest is None and checkpoint is not None and Path(checkpoint).is_file():
-        digest = hashlib.sha256()
-        with open(checkpoint, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        digest = digest.hexdigest()
+        digest = file_sha256(checkpoint)
     label = name or f"config {config_name(config)}"
     return f"{label} (sha256 {digest})" if digest else label
 

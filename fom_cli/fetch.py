@@ -21,7 +21,6 @@ lock; they are imported only when a download happens, so animating from the cach
 import contextlib
 import dataclasses
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 from fom_cli.errors import BadCheckpoint, BadInput, BadOutput, FomError
-from fom_cli.media.files import os_error_line, remove_path, write_json
+from fom_cli.media.files import file_sha256, os_error_line, remove_path, write_json
 from fom_cli.progress import progress_bar
 from fom_cli.registry import (NAME_PATTERN, checkpoints_dir, full_path, is_offline, legacy_part_path, load_registry,
                               lookup, origin_path, part_path, parts_dir, rejected_path, slim_path, url_allowed,
@@ -43,7 +42,6 @@ log = logging.getLogger("fom_cli")
 
 # (connect, read) seconds: a server that accepts nothing, or stops sending, fails the URL instead of hanging.
 HTTP_TIMEOUTS = (15, 60)
-HASH_CHUNK_BYTES = 1 << 20
 # What a cut connection loses: the bytes of the read it interrupts.
 DOWNLOAD_CHUNK_BYTES = 64 << 10
 # Each retry of a cut connection must have received more bytes than the one before; this bounds the rest.
@@ -318,14 +316,9 @@ FAMILIES = {"fomm": Family(load_checked=load_fomm_checked, animation_networks=("
 
 
 def sha256_of(path, quiet, label):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file, progress_bar(total=os.path.getsize(path), unit="B", unit_scale=True,
-                                                 unit_divisor=1024, desc=label, disable=quiet,
-                                                 leave=False) as progress:
-        while chunk := file.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            progress.update(len(chunk))
-    return digest.hexdigest()
+    with progress_bar(total=os.path.getsize(path), unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                      disable=quiet, leave=False) as progress:
+        return file_sha256(path, progress.update)
 
 
 def verify(path, model, config, quiet):

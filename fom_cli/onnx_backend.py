@@ -158,6 +158,9 @@ class OnnxAnimator:
         self.source = nchw(source)
         self.kp_source = self.keypoints(source)
         self.source_side = networks.run("source", source=self.source, source_value=self.kp_source["value"])
+        # Models that blend the warped source in (toon-128) take the source image in frame.onnx too.
+        self.frame_takes_source = any(spec["name"] == "source"
+                                      for spec in networks.description["graphs"]["frame"]["inputs"])
         self.kp_driving_initial = None
         self.scale = 1.0
 
@@ -194,7 +197,7 @@ class OnnxAnimator:
                     "tps_weights": splines.weights}
         inputs = {f"source_{name}": value for name, value in self.kp_source.items()}
         inputs.update(kp_moved)
-        if any(spec["name"] == "source" for spec in self.networks.description["graphs"]["frame"]["inputs"]):
+        if self.frame_takes_source:
             inputs["source"] = self.source
         return inputs
 

@@ -23,7 +23,6 @@ model.json: the format, fom's version, the family, the config, align_corners, th
 and sha256, each graph's inputs and outputs (names, shapes with "N" for the batch), and the mode math.
 """
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch import nn
 from fom_cli import __version__
 from fom_cli.config import config_name, frame_size, without_private_keys
 from fom_cli.errors import BadOutput, FomError
-from fom_cli.media.files import AtomicOutput
+from fom_cli.media.files import AtomicOutput, file_sha256
 
 FORMAT = "fom-onnx-1"
 OPSET = 17
@@ -247,14 +246,6 @@ def describe_graph(module, inputs, input_names, output_names, batched):
                 for name, tensor in zip(names, tensors)]
 
     return {"inputs": values(input_names, inputs), "outputs": values(output_names, outputs)}
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def require_onnx():

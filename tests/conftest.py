@@ -104,10 +104,11 @@ def carphone_path():
     return Path(spec.origin).parent / "datasets" / "data" / "carphone_pristine.mp4"
 
 
-@pytest.fixture
-def small_tpsmm_checkpoint(tmp_path):
-    """The TPSMM parity fixture's original-format checkpoint, ungzipped (it is shipped gzipped)."""
-    path = tmp_path / "small.pth.tar"
+@pytest.fixture(scope="session")
+def small_tpsmm_checkpoint(tmp_path_factory):
+    """The TPSMM parity fixture's original-format checkpoint, ungzipped (it is shipped gzipped), once per
+    worker: tests read it, none writes it."""
+    path = tmp_path_factory.mktemp("tpsmm") / "small.pth.tar"
     with gzip.open(TPSMM_PARITY / "small.pth.tar.gz") as packed, open(path, "wb") as file:
         shutil.copyfileobj(packed, file)
     return path

@@ -57,22 +57,11 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tpsmm_checkpoint(tmp_path_factory):
-    import gzip
-    import shutil
-
-    path = tmp_path_factory.mktemp("tpsmm") / "small.pth.tar"
-    with gzip.open(TPSMM_PARITY / "small.pth.tar.gz") as packed, open(path, "wb") as file:
-        shutil.copyfileobj(packed, file)
-    return path
-
-
-@pytest.fixture(scope="module")
-def models(tpsmm_checkpoint):
+def models(small_tpsmm_checkpoint):
     import fom_cli as fom
 
     return {"fomm": fom.load_model(SMALL_CHECKPOINT, device="cpu", config=SMALL_CONFIG),
-            "tpsmm": fom.load_model(tpsmm_checkpoint, device="cpu", config=TPSMM_PARITY / "small.yaml")}
+            "tpsmm": fom.load_model(small_tpsmm_checkpoint, device="cpu", config=TPSMM_PARITY / "small.yaml")}
 
 
 def count_frames(output):
@@ -130,10 +119,10 @@ def test_the_refused_combination_is_one_line_from_the_cli_before_the_model_loads
 
 
 @pytest.mark.parametrize("family", ["fomm", "tpsmm"])
-def test_the_cli_and_batch_columns_run_the_same_combinations(inputs, tpsmm_checkpoint, tmp_path, capsys, family):
+def test_the_cli_and_batch_columns_run_the_same_combinations(inputs, small_tpsmm_checkpoint, tmp_path, capsys, family):
     photo, driving, sound = inputs
     model = (["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG] if family == "fomm" else
-             ["--checkpoint", tpsmm_checkpoint, "--config", TPSMM_PARITY / "small.yaml"])
+             ["--checkpoint", small_tpsmm_checkpoint, "--config", TPSMM_PARITY / "small.yaml"])
     code, _, err = run_cli(["animate", photo, driving, "-o", tmp_path / "cli.mp4", *model, "--face", "--fps", "10",
                             "--quiet"], capsys)
     assert code == 0, err
@@ -159,11 +148,11 @@ BATCH_COLUMNS = ("face", "crop_source", "paste_back", "all_faces", "fps", "start
 
 
 @pytest.mark.parametrize("family", ["fomm", "tpsmm"])
-def test_the_matrix_through_batch_columns(inputs, tpsmm_checkpoint, tmp_path, capsys, family):
+def test_the_matrix_through_batch_columns(inputs, small_tpsmm_checkpoint, tmp_path, capsys, family):
     """Every combination that works, as one `fom batch` file: the model loaded once, one row per pair."""
     photo, driving, sound = inputs
     model = (["--checkpoint", SMALL_CHECKPOINT, "--config", SMALL_CONFIG] if family == "fomm" else
-             ["--checkpoint", tpsmm_checkpoint, "--config", TPSMM_PARITY / "small.yaml"])
+             ["--checkpoint", small_tpsmm_checkpoint, "--config", TPSMM_PARITY / "small.yaml"])
     rows, expected = [], []
     for face_mode, face_options in FACE_MODES.items():
         for variation, (options, name, used, fps) in VARIATIONS.items():

@@ -5,11 +5,9 @@ with random weights, through a whole `fom animate`, and through the README's exa
 graphs with onnxruntime alone.
 """
 
-import gzip
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,23 +47,15 @@ def fomm_graphs(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tpsmm_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tpsmm") / "small.pth.tar"
-    with gzip.open(TPSMM_PARITY / "small.pth.tar.gz") as packed, open(path, "wb") as file:
-        shutil.copyfileobj(packed, file)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tpsmm_graphs(tpsmm_checkpoint):
-    folder = tpsmm_checkpoint.parent / "graphs"
-    assert run_cli(["export", tpsmm_checkpoint, "--config", TPSMM_CONFIG, "--onnx", folder, "--quiet"]) == 0
+def tpsmm_graphs(small_tpsmm_checkpoint, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tpsmm-onnx") / "graphs"
+    assert run_cli(["export", small_tpsmm_checkpoint, "--config", TPSMM_CONFIG, "--onnx", folder, "--quiet"]) == 0
     return folder
 
 
-def test_export_writes_checked_graphs_and_what_runs_outside_them(fomm_graphs, tpsmm_graphs, tpsmm_checkpoint):
+def test_export_writes_checked_graphs_and_what_runs_outside_them(fomm_graphs, tpsmm_graphs, small_tpsmm_checkpoint):
     for folder, family, checkpoint, graphs in ((fomm_graphs[True], "fomm", SMALL_CHECKPOINT, 3),
-                                               (tpsmm_graphs, "tpsmm", tpsmm_checkpoint, 4)):
+                                               (tpsmm_graphs, "tpsmm", small_tpsmm_checkpoint, 4)):
         description = json.loads((folder / "model.json").read_text())
         assert description["family"] == family
         assert description["checkpoint"]["sha256"] == hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
@@ -99,22 +89,22 @@ def test_fomm_graphs_reproduce_the_torch_pipeline_and_the_original(fomm_graphs, 
 
 
 @pytest.mark.parametrize("mode", ["relative", "absolute"])
-def test_tpsmm_graphs_reproduce_the_torch_pipeline(tpsmm_graphs, tpsmm_checkpoint, mode):
+def test_tpsmm_graphs_reproduce_the_torch_pipeline(tpsmm_graphs, small_tpsmm_checkpoint, mode):
     data = dict(np.load(TPSMM_PARITY / "small.npz"))
-    networks = load_networks(tpsmm_checkpoint, load_config(TPSMM_CONFIG))
+    networks = load_networks(small_tpsmm_checkpoint, load_config(TPSMM_CONFIG))
     expected = networks.animator(data["source"], mode).animate_all(data["driving"], 3)
     frames = OnnxNetworks(tpsmm_graphs).animator(data["source"], mode).animate_all(data["driving"], 3)
     assert np.abs(frames - expected).max() <= LIMIT
     assert np.abs(frames[5] - frames[0]).max() > 0.05
 
 
-def test_tpsmm_avd_graphs_hold_the_torch_pipelines_accuracy(tpsmm_graphs, tpsmm_checkpoint, tpsmm_exact):
+def test_tpsmm_avd_graphs_hold_the_torch_pipelines_accuracy(tpsmm_graphs, small_tpsmm_checkpoint, tpsmm_exact):
     """AVD frames of this random-weight model move by 1e-4 for 1e-7 of keypoint rounding (test_tpsmm_parity):
     no float32 pipeline, torch's included, is within 1e-4 of another end to end. So: the AVD graph's
     keypoints and the frame graph on the same keypoints within the limits, and the frames end to end as
     close to float64 as the torch pipeline's must be."""
     data = dict(np.load(TPSMM_PARITY / "small.npz"))
-    torch_animator = load_networks(tpsmm_checkpoint, load_config(TPSMM_CONFIG)).animator(data["source"], "avd")
+    torch_animator = load_networks(small_tpsmm_checkpoint, load_config(TPSMM_CONFIG)).animator(data["source"], "avd")
     ours = OnnxNetworks(tpsmm_graphs).animator(data["source"], "avd")
     kp_driving = torch_animator.keypoints(data["driving"])
     with torch.inference_mode():

@@ -11,6 +11,7 @@ while it is young, and removes it once it is a day old and its process is gone
 """
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -315,3 +316,14 @@ def write_json(path, data):
             json.dump(data, file, indent=2)
             file.write("\n")
     write_bytes_with(path, write)
+
+
+def file_sha256(path, on_block=None):
+    """The hex sha256 of a file, read a MiB at a time; on_block(size) after each block (a progress bar)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+            if on_block is not None:
+                on_block(len(block))
+    return digest.hexdigest()
