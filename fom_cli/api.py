@@ -153,6 +153,6 @@ def animate(model, source, driving, output, progress=False, **options):
     driving video's frame rate, duration and sound. Returns the output's path."""
     options = AnimationOptions(**options)
     paths = [Path(given) if isinstance(given, (str, Path)) else None for given in (source, driving)]
-    check_outputs([(*paths, Path(output))], options.overwrite)
+    check_outputs([(*paths, Path(output))], options.overwrite, signed=options.sign is not None)
     animate_file(model.networks, model.precision, source, driving, Path(output), options, progress)
     return Path(output)

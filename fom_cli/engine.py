@@ -33,6 +33,7 @@ from fom_cli.face_animation import (DEFAULT_MAX_SIZE, SourceFace, Timer, bounded
 from fom_cli.face_tracks import DrivingFollower
 from fom_cli.faces import landmark_model, make_detector
 from fom_cli.families import check_animation_mode
+from fom_cli.media.credentials import ContentCredentials, check_signable
 from fom_cli.media.files import check_parent_writable, same_path
 from fom_cli.media.images import (IMAGE_EXTENSIONS, aspect_ratio_differs, check_image_array, fit_frame, read_image,
                                   to_uint8)
@@ -74,6 +75,7 @@ class AnimationOptions:
     increase        margin around a face box, as a fraction of its size
     detector        dlib, sfd or auto; detector_weights: S3FD's file
     mark            say in the output file's metadata that it is synthetic (media/marks.py)
+    sign            (key, certificate chain) PEM paths: embed signed C2PA content credentials (media/credentials.py)
     visible_mark    a label for a corner of every frame (None: none)
     """
 
@@ -100,6 +102,7 @@ class AnimationOptions:
     detector_weights: Optional[str] = None
     mark: bool = True
     visible_mark: Optional[str] = None
+    sign: Optional[tuple] = None
 
     def __post_init__(self):
         # The preset and what options imply: a face pasted back needs a window in the photo, and so a face
@@ -134,6 +137,15 @@ class AnimationOptions:
         if self.all_faces and not self.paste_back:
             raise BadInput("--all-faces animates every face in the photo, which only shows pasted back into it: "
                            "add --paste-back (or use --face)")
+        if self.sign is not None:
+            if len(self.sign) != 2:
+                raise BadInput("sign takes two paths: the private key and the certificate chain (PEM)")
+            if not self.mark:
+                raise BadInput("--sign writes content credentials that say the output is synthetic: it does not go "
+                               "with --no-mark")
+            for path in self.sign:
+                if not Path(path).is_file():
+                    raise BadInput(f"--sign: {path} is not a file")
         if self.visible_mark is not None and not str(self.visible_mark).strip():
             raise BadInput("--visible-mark needs some text (or none after it, for the default label)")
         if self.find_best_frame and self.crop_driving:
@@ -233,11 +245,12 @@ def check_driving(path):
     return path
 
 
-def check_outputs(jobs, overwrite=False, job_names=None):
+def check_outputs(jobs, overwrite=False, job_names=None, signed=False):
     """Refuse, before any model is loaded or frame decoded, every output that cannot be written or would
     destroy data: an output that is the job's own source or driving video, two jobs writing one file, or
-    a path check_video_output refuses. jobs: [(source, driving, output)]; job_names: what to call each
-    job in messages ("job 3"), none for `fom animate`. A source or driving video given in memory is None."""
+    a path check_video_output refuses; with `signed` (--sign), one that cannot hold content credentials.
+    jobs: [(source, driving, output)]; job_names: what to call each job in messages ("job 3"), none for
+    `fom animate`. A source or driving video given in memory is None."""
     def job(index):
         source, driving, _ = jobs[index]
         pair = f"{source} with {driving}"
@@ -260,6 +273,8 @@ def check_outputs(jobs, overwrite=False, job_names=None):
         writers[key] = index
         folder = os.path.dirname(os.path.abspath(output))
         try:
+            if signed:
+                check_signable(output)
             check_video_output(output, overwrite)
             if folder not in checked_folders:
                 check_parent_writable(output)
@@ -482,6 +497,11 @@ def synthetic_media(networks, source):
 def animate_file(networks, precision, source, driving, output, options, progress=False):
     """One source image file and one driving video (file, frames folder, or in memory) to one output file
     or frames folder, with the driving video's sound and duration. Returns the finished Animation."""
+    mark = synthetic_media(networks, source) if options.mark else None
+    credentials = None
+    if options.sign is not None:   # a key that cannot sign stops here, before any frame
+        credentials = ContentCredentials(*options.sign, mark, ingredients=[
+            path if isinstance(path, (str, os.PathLike)) else None for path in (source, getattr(driving, "path", driving))])
     source_image = read_image(check_source(source)) if isinstance(source, (str, os.PathLike)) else source
     driving = driving if hasattr(driving, "frames") else driving_source(driving)
     animation = Animation(networks, precision, source_image, driving, options, progress,
@@ -492,9 +512,8 @@ def animate_file(networks, precision, source, driving, output, options, progress
         log.info(f"PNG frames carry no sound: the sound of {driving.path} is not written (write a video file to "
                  f"keep it; --no-audio silences this note)")
     # The sound is cut where the frames are: from the first one's time, as long as the output.
-    mark = synthetic_media(networks, source) if options.mark else None
     with VideoWriter(output, animation.fps, audio_from=audio, audio_start=animation.first / driving.fps,
-                     overwrite=options.overwrite, mark=mark) as writer:
+                     overwrite=options.overwrite, mark=mark, credentials=credentials) as writer:
         for frame in animation:
             writer.write(frame)
     return animation

@@ -108,6 +108,10 @@ def add_mark_options(parser):
     parser.add_argument("--visible-mark", nargs="?", const="AI-generated", default=None, metavar="TEXT",
                         help="write a small label in a corner of every frame (default text: AI-generated), away "
                              "from the faces pasted back")
+    parser.add_argument("--sign", nargs=2, metavar=("KEY", "CERT"),
+                        help="embed C2PA content credentials signed with this private key (PEM) and certificate "
+                             "chain (PEM, the signer's first) in MP4, MOV, GIF and PNG outputs; needs pip install "
+                             "'fom[c2pa]'")
 
 
 BACKENDS = ("torch", "onnxruntime")

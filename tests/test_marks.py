@@ -65,7 +65,8 @@ def test_no_mark_leaves_the_label_out_and_says_so_once(tmp_path, capsys):
     assert DIGITAL_SOURCE_TYPE not in container_tags(tmp_path / "out.mp4").get("comment", "")
     assert err.count("--no-mark") == 1 and "no label" in err
     code, out, err = run_cli(["inspect", tmp_path / "out.mp4", "--json"], capsys)
-    assert code == 0 and json.loads(out) == {"file": str(tmp_path / "out.mp4"), "synthetic": False, "label": None}
+    assert code == 0 and json.loads(out) == {"file": str(tmp_path / "out.mp4"), "synthetic": False, "label": None,
+                                             "content_credentials": None}
 
 
 def test_the_visible_mark_changes_only_its_corner(model):

@@ -20,6 +20,11 @@ def animation_options(args, **overrides):
     values = {name: getattr(args, name) for name in AnimationOptions.names() if hasattr(args, name)}
     values["audio"] = not getattr(args, "no_audio", False)
     values["mark"] = not getattr(args, "no_mark", False)
+    if getattr(args, "sign", None):
+        from fom_cli.media.credentials import import_c2pa
+
+        import_c2pa()   # a missing extra stops here, in one line
+        values["sign"] = tuple(args.sign)
     if not values["mark"] and not getattr(args, "unmarked_note_said", False):
         log.warning("--no-mark: the output carries no label saying that it is synthetic media")
         args.unmarked_note_said = True

@@ -61,7 +61,7 @@ def plan_jobs(args):
 def run(args):
     options = animation_options(args)   # a combination that cannot work stops here, before the model loads
     jobs = plan_jobs(args)
-    check_outputs(jobs, args.overwrite)
+    check_outputs(jobs, args.overwrite, signed=options.sign is not None)
     model = load_requested_model(args)
     for source, driving, output in jobs:
         animate_file(model.networks, model.precision, source, driving, output, options, progress=not args.quiet)

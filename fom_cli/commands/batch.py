@@ -151,7 +151,7 @@ def run(args):
     # jobs would lose data as surely as one within a shard.
     to_write = [job for job in jobs if not (args.skip_existing and job.output.exists())]
     check_outputs([(job.source, job.driving, job.output) for job in to_write], args.overwrite,
-                  job_names=[f"job {job.number}" for job in to_write])
+                  job_names=[f"job {job.number}" for job in to_write], signed=bool(args.sign))
     jobs = [job for job in jobs if (job.number - 1) % shard_count == shard_index - 1]
     model = load_requested_model(args)
 

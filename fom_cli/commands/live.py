@@ -27,6 +27,7 @@ from fom_cli.commands import animation_options, load_requested_model
 from fom_cli.drawing import side_by_side
 from fom_cli.engine import Animation, check_source, synthetic_media
 from fom_cli.errors import BadInput, FomError
+from fom_cli.media.credentials import ContentCredentials, check_signable
 from fom_cli.media.images import read_image, to_uint8
 from fom_cli.media.live_in import LiveFrames
 from fom_cli.media.video_out import VideoWriter, check_video_output
@@ -164,6 +165,8 @@ def run(args):
         raise BadInput("fom live needs an output: --window, --virtual-camera and/or -o FILE")
     if args.output:
         check_video_output(args.output)
+        if args.sign:
+            check_signable(args.output)
     if args.virtual_camera:
         import_pyvirtualcam()  # before the model loads; the device is opened with the frame size, below
     options = animation_options(args, batch_size=1, audio=False)
@@ -178,8 +181,9 @@ def run(args):
         if args.virtual_camera:
             camera = VirtualCamera(frames.fps)
         if args.output:
-            writer = VideoWriter(args.output, fps=frames.fps,
-                                 mark=synthetic_media(model.networks, source) if options.mark else None)
+            mark = synthetic_media(model.networks, source) if options.mark else None
+            credentials = ContentCredentials(*options.sign, mark, [source]) if options.sign else None
+            writer = VideoWriter(args.output, fps=frames.fps, mark=mark, credentials=credentials)
         with writer if writer is not None else contextlib.nullcontext():
             statistics = live_loop(animation, frames, window, camera, writer, args)
     finally:

@@ -108,9 +108,11 @@ class VideoWriter:
     other files.
     """
 
-    def __init__(self, path, fps, audio_from=None, audio_start=0.0, quality=None, overwrite=False, mark=None):
+    def __init__(self, path, fps, audio_from=None, audio_start=0.0, quality=None, overwrite=False, mark=None,
+                 credentials=None):
         self.path = os.fspath(path)
         self.mark = mark   # a marks.SyntheticMedia: what the file says about itself
+        self.credentials = credentials   # a credentials.ContentCredentials: signs the file (or each PNG frame)
         self.frames_written = 0
         if not math.isfinite(float(fps)) or fps <= 0:
             raise FomError(f"the frame rate must be a positive number, not {fps}")
@@ -219,8 +221,10 @@ class VideoWriter:
     def _encode_png_frames(self):
         index = 0
         while (frame := self._next_frame()) is not _FINISH:
-            write_encoded_image(os.path.join(self._output.temporary, f"{index:06d}.png"), frame,
-                                mark=None if self.mark is None else self.mark.png)
+            path = os.path.join(self._output.temporary, f"{index:06d}.png")
+            write_encoded_image(path, frame, mark=None if self.mark is None else self.mark.png)
+            if self.credentials is not None:
+                self.credentials.sign(path)
             index += 1
 
     def _encode_with_ffmpeg(self):
@@ -313,6 +317,8 @@ class VideoWriter:
             check_frame_count(self._output.temporary, self.frames_written, self.path)
             if self._audio_source is not None:
                 self._add_audio()
+            if self.credentials is not None:   # last: any later change to the file would break the signature
+                self.credentials.sign(self._output.temporary, title=os.path.basename(self.path))
             self._output.commit()
         else:
             self._commit_frames_folder()
