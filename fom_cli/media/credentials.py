@@ -10,10 +10,11 @@ file's pictures afterwards breaks the signature; `fom inspect` validates it.
 MKV and WebM have no place for a manifest (C2PA defines none), so --sign refuses them before any work.
 """
 
+import io
 import os
 from pathlib import Path
 
-from fom_cli.errors import BadInput, FomError
+from fom_cli.errors import BadInput, BadOutput, FomError
 from fom_cli.media.files import file_sha256, temporary_path_beside
 
 # Output extension -> the MIME type c2pa signs it as.
@@ -76,10 +77,9 @@ class ContentCredentials:
         self.label = label
         self.ingredients = [Path(path) for path in ingredients if path is not None and Path(path).is_file()]
         self._digests = {}
+        self._ingredient_archives = None   # c2pa's archive of each ingredient (_builder)
         # c2pa checks the certificate only when it signs: sign a 1-pixel PNG now, so that a chain it refuses
         # stops the run before any frame, not after the last.
-        import io
-
         import imageio.v3 as iio
         import numpy as np
 
@@ -116,25 +116,45 @@ class ContentCredentials:
         temporary's own name says nothing), whose extension says the format."""
         c2pa = import_c2pa()
         title = title or Path(path).name
-        extension = os.path.splitext(title)[1].lower()
-        builder = c2pa.Builder(self.manifest(title))
+        builder = self._builder(title)
+        signed = temporary_path_beside(path)
         try:
-            for ingredient in self.ingredients:
-                kind = INGREDIENT_TYPES.get(ingredient.suffix.lower())
-                if kind is None:
-                    continue
-                with open(ingredient, "rb") as stream:
-                    builder.add_ingredient({"title": ingredient.name, "relationship": "inputTo"}, kind, stream)
-            signed = temporary_path_beside(path)
-            try:
-                with open(path, "rb") as source, open(signed, "w+b") as destination:
-                    builder.sign(self.signer, SIGNABLE[extension], source, destination)
-                os.replace(signed, path)
-            finally:
-                if os.path.exists(signed):
-                    os.remove(signed)
+            with open(path, "rb") as source, open(signed, "w+b") as destination:
+                builder.sign(self.signer, SIGNABLE[os.path.splitext(title)[1].lower()], source, destination)
+            os.replace(signed, path)
+        except c2pa.C2paError as error:
+            raise BadOutput(f"could not sign {title} ({str(error).strip().splitlines()[0]})") from None
         finally:
             builder.close()
+            if os.path.exists(signed):
+                os.remove(signed)
+
+    def _builder(self, title):
+        """A c2pa Builder with the manifest of `title` and the ingredients. c2pa reads each ingredient whole (a
+        driving video) to hash and describe it: that is done once, each ingredient kept as c2pa's archive of it,
+        which each file's builder adds (a folder of PNG frames signs every frame)."""
+        c2pa = import_c2pa()
+        if self._ingredient_archives is None:
+            self._ingredient_archives = []
+            builder = c2pa.Builder(self.manifest("ingredients"))
+            try:
+                for number, ingredient in enumerate(self.ingredients):
+                    kind = INGREDIENT_TYPES.get(ingredient.suffix.lower())
+                    if kind is None:
+                        continue
+                    label = f"ingredient-{number}"
+                    with open(ingredient, "rb") as stream:
+                        builder.add_ingredient({"title": ingredient.name, "relationship": "inputTo", "label": label},
+                                               kind, stream)
+                    archive = io.BytesIO()
+                    builder.write_ingredient_archive(label, archive)
+                    self._ingredient_archives.append(archive.getvalue())
+            finally:
+                builder.close()
+        builder = c2pa.Builder(self.manifest(title))
+        for archive in self._ingredient_archives:
+            builder.add_ingredient_from_archive(io.BytesIO(archive))
+        return builder
 
 
 def read_credentials(path):
