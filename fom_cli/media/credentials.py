@@ -14,6 +14,7 @@ import io
 import os
 from pathlib import Path
 
+from fom_cli import __version__
 from fom_cli.errors import BadInput, BadOutput, FomError
 from fom_cli.media.files import file_sha256, temporary_path_beside
 
@@ -94,7 +95,7 @@ class ContentCredentials:
             builder.close()
 
     def manifest(self, title):
-        software = {"name": "fom", "version": self.label.tool.split(" ", 1)[-1]}
+        software = {"name": "fom", "version": __version__}
         inputs = [{"file": path.name, "sha256": self._digest(path)} for path in self.ingredients]
         return {
             "claim_generator_info": [software], "title": title,
